@@ -8,7 +8,7 @@ __all__ = ['ARCH_KEYS', 'SMALL_VQGAN_CONFIG', 'SMALL_VQGAN_QUANTIZER', 'check_im
            'show_reconstructions', 'plot_code_usage', 'vqgan_course_data', 'mix_equally', 'train_small_vqgan',
            'kmeans_baseline', 'small_vqgan']
 
-# %% ../nbs/02_vqgan.ipynb #52d13859
+# %% ../nbs/02_vqgan.ipynb #54836efc
 import json, math, os, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# %% ../nbs/02_vqgan.ipynb #0ad3da75
+# %% ../nbs/02_vqgan.ipynb #82b96aa0
 def check_images(x, factor: int = 4, what: str = 'images') -> torch.Tensor:
     "Raise a clear error unless `x` is a float tensor [B,3,H,W] in [0,1] with H and W multiples of `factor`."
     if not isinstance(x, torch.Tensor):
@@ -64,7 +64,7 @@ def check_tokens(idx, codebook_size: int) -> torch.Tensor:
                              f"(valid ids 0..{codebook_size - 1}); were these tokens made by another tokenizer?")
     return idx.long()
 
-# %% ../nbs/02_vqgan.ipynb #6dd019b4
+# %% ../nbs/02_vqgan.ipynb #d3cf6398
 class MixingResBlock(nn.Module):
     "ConvNeXt-like block of the Paella VQGAN: gated depthwise 3×3 conv, then a gated per-pixel MLP (6 learned `gammas`)."
     def __init__(self, c: int, c_hidden: int):
@@ -83,7 +83,7 @@ class MixingResBlock(nn.Module):
         x = x + self.channelwise(h * (1 + g[3]) + g[4]).permute(0, 3, 1, 2) * g[5]   # back to [B, C, H, W]
         return x
 
-# %% ../nbs/02_vqgan.ipynb #1aca6e2a
+# %% ../nbs/02_vqgan.ipynb #d764b65d
 def code_usage(idx: torch.Tensor, k: int) -> dict:
     """Usage statistics of token ids `idx` over a codebook of size `k`: `used` (fraction of codes that occur) and
     `perplexity` = exp(entropy) of the code histogram (= k when all codes are equally used, 1 when one code is)."""
@@ -161,7 +161,7 @@ class VectorQuantizer(nn.Module):
         "Code vectors of ids `idx` [B,h,w], with the vector axis at `dim` ([B,C,h,w] by default)."
         return self.codebook(idx).movedim(-1, dim)
 
-# %% ../nbs/02_vqgan.ipynb #06b66cbb
+# %% ../nbs/02_vqgan.ipynb #07d84f44
 ARCH_KEYS = ('levels', 'bottleneck_blocks', 'c_hidden', 'c_latent', 'codebook_size', 'scale_factor')
 
 class VQModel(nn.Module):
@@ -225,7 +225,7 @@ class VQModel(nn.Module):
         x = self.vquantizer.idx2vq(tokens, dim=1)                  # [B, c_latent, h, w]
         return self.out_block(self.up_blocks(x)).clamp(0, 1)
 
-# %% ../nbs/02_vqgan.ipynb #afc5d09e
+# %% ../nbs/02_vqgan.ipynb #21154880
 def _fmt_keys(keys, n=8):
     keys = list(keys)
     return ', '.join(keys[:n]) + (f', … and {len(keys) - n} more' if len(keys) > n else '')
@@ -285,7 +285,7 @@ def read_state_dict(src) -> tuple[dict, dict]:
         if obj and all(k.startswith(p) for k in obj): obj = {k[len(p):]: v for k, v in obj.items()}
     return dict(obj), meta
 
-# %% ../nbs/02_vqgan.ipynb #ff74816e
+# %% ../nbs/02_vqgan.ipynb #1c1c66ac
 def config_from_state_dict(sd) -> dict:
     "The `VQModel` architecture arguments that produce the shapes in state dict `sd` (ValueError if it is no VQGAN)."
     if 'vquantizer.codebook.weight' not in sd:
@@ -336,7 +336,7 @@ def save_vqgan(model: VQModel, path, metadata: dict | None = None) -> Path:
         if os.path.exists(tmp): os.remove(tmp)
     return path
 
-# %% ../nbs/02_vqgan.ipynb #8b902a75
+# %% ../nbs/02_vqgan.ipynb #3c7854c0
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     "PSNR in dB between image batches in [0,1], from the MSE over all pixels."
     mse = F.mse_loss(x.detach().float(), y.detach().float().to(x.device)).item()
@@ -360,7 +360,7 @@ def evaluate_vqgan(model: VQModel, images: torch.Tensor, batch_size: int = 256) 
     u = code_usage(ids, model.codebook_size)
     return dict(psnr=psnr(rec, images), used=u['used'], perplexity=u['perplexity'])
 
-# %% ../nbs/02_vqgan.ipynb #d6475577
+# %% ../nbs/02_vqgan.ipynb #221045ad
 def patchify(images: torch.Tensor, p: int = 4) -> torch.Tensor:
     "[N,3,H,W] → [N·(H/p)·(W/p), 3·p·p]: non-overlapping p×p patches as rows."
     N, C, H, W = images.shape
@@ -398,7 +398,7 @@ def kmeans_reconstruct(images: torch.Tensor, C: torch.Tensor, p: int = 4) -> tor
     a = torch.cat([torch.cdist(X[i:i + 65536], C).argmin(1) for i in range(0, len(X), 65536)])
     return unpatchify(C[a], images.shape, p)
 
-# %% ../nbs/02_vqgan.ipynb #ebb4d8e3
+# %% ../nbs/02_vqgan.ipynb #b986b749
 @dataclass
 class VQTrainConfig:
     "Settings of `train_vqgan` (defaults: the shipped small model's run)."
@@ -492,7 +492,7 @@ def train_vqgan(model: VQModel, images: torch.Tensor, cfg: VQTrainConfig | None 
         model.eval()
     return log
 
-# %% ../nbs/02_vqgan.ipynb #da9f6d61
+# %% ../nbs/02_vqgan.ipynb #0003e791
 def show_reconstructions(model: VQModel, images: torch.Tensor, n: int = 8, title: str | None = None):
     "Originals (top row) above their round trip through tokens (bottom row), with each image's PSNR."
     import matplotlib.pyplot as plt
@@ -515,9 +515,10 @@ def plot_code_usage(model: VQModel, images: torch.Tensor, ax=None, label: str | 
     ax.bar(range(len(counts)), counts.numpy(), width=1.0, label=label or
            f"{u['used']:.0%} of {model.codebook_size} codes used, perplexity {u['perplexity']:.0f}")
     ax.set_yscale('symlog'); ax.set_xlabel('code rank'); ax.set_ylabel('count'); ax.legend(fontsize=8)
+    ax.figure.tight_layout()
     return ax
 
-# %% ../nbs/02_vqgan.ipynb #2f8c956a
+# %% ../nbs/02_vqgan.ipynb #800ba16f
 SMALL_VQGAN_CONFIG = dict(levels=2, bottleneck_blocks=2, c_hidden=128, c_latent=8, codebook_size=1024)
 SMALL_VQGAN_QUANTIZER = dict(ema=True, ema_decay=0.95, restart_after=50)   # the fixes; dict(ema=False) = original
 
