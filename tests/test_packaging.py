@@ -22,6 +22,9 @@ def test_wheel_contents(wheel):
     repo_nbs = {p.name for p in (ROOT/'nbs').glob('*.ipynb')}
     assert repo_nbs <= nbs, f'notebooks missing from the wheel: {repo_nbs - nbs}'
     assert 'paella_nb/_course/data/vqgan_f4_keys.txt' in names
+    for model in ('shapes-small', 'emoji-small'):                   # the shipped pipelines (chapter 09)
+        for f in ('pipeline.json', 'unet.safetensors', 'vqgan.safetensors', 'recipe.json'):
+            assert f'paella_nb/_course/data/models/{model}/{f}' in names, (model, f)
     assert 'paella_nb/cli.py' in names and 'paella_nb/data.py' in names
     meta = [n for n in names if n.endswith('entry_points.txt')]
     assert meta and 'paella_nb = paella_nb.cli:main' in zipfile.ZipFile(wheel).read(meta[0]).decode()
@@ -40,3 +43,18 @@ def test_installed_wheel_course(wheel, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert str(target) in r.stdout                                  # the installed copy, not the repository
     assert (tmp_path/'c'/'nbs'/'01_data.ipynb').exists() and (tmp_path/'c'/'data'/'vqgan_f4_keys.txt').exists()
+
+
+def test_installed_wheel_samples_with_the_shipped_model(wheel, tmp_path):
+    "README command 1 from the installed wheel, away from the repository: the default model ships inside it."
+    target = tmp_path/'site'
+    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(target), str(wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = {**os.environ, 'PYTHONPATH': str(target), 'OMP_NUM_THREADS': '1'}
+    code = ("import sys; from paella_nb.cli import main; from paella_nb.sampling import models_dir; print(models_dir()); "
+            "sys.exit(main(['sample', 'a large red circle at the top left', '--out', 'out/red.png', '--seed', '0']))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(target) in r.stdout.splitlines()[0]                  # the installed copy's models, not the repository's
+    assert (tmp_path/'out'/'red.png').stat().st_size > 100
