@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import data_path, shapes_dataset, emoji_dataset, images_tensor, to_tensor
+from .data import data_path, shapes_dataset, emoji_dataset, images_tensor, to_tensor, atomic_write
 
 # %% auto #0
 __all__ = ['VOCAB_SIZE', 'TINY_CLIP', 'TINY_TRAIN', 'IMAGE_MEAN', 'IMAGE_STD', 'ClipConfig', 'build_clip', 'ClipTrainConfig',
@@ -175,14 +175,6 @@ def train_small_clip(cfg: ClipConfig = ClipConfig(), tcfg: ClipTrainConfig = Cli
     return model.eval(), hist
 
 # %% ../nbs/08_clip.ipynb #2f6c4c98
-def _atomic_write(path: Path, write):
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp'); os.close(fd)
-    try:
-        write(tmp); os.chmod(tmp, 0o644); os.replace(tmp, path)     # mkstemp makes 0600 files; shipped ones are world-readable
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
 def save_small_clip(model, cfg: ClipConfig, path, metadata: dict | None = None) -> Path:
     "Save `model` to `path` (.safetensors) and its open_clip config beside it (.json), atomically."
     from safetensors.torch import save_file
@@ -192,8 +184,8 @@ def save_small_clip(model, cfg: ClipConfig, path, metadata: dict | None = None) 
     ids = table.abs().sum(1).nonzero().flatten()                        # [K] rows that training touched
     sd['token_embedding.ids'], sd['token_embedding.rows'] = ids, table[ids].contiguous()   # [K], [K, width]
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    _atomic_write(path.with_suffix('.json'), lambda p: Path(p).write_text(json.dumps(cfg.open_clip_cfg(), indent=2)))
-    _atomic_write(path, lambda p: save_file(sd, p, metadata=meta))
+    atomic_write(path.with_suffix('.json'), lambda p: Path(p).write_text(json.dumps(cfg.open_clip_cfg(), indent=2)))
+    atomic_write(path, lambda p: save_file(sd, str(p), metadata=meta))
     return path
 
 class SmallClip(NamedTuple):

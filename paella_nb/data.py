@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT_PAIRS', 'SPLITS', 'NOTO_FONT', 'course_root',
-           'data_path', 'cache_dir', 'to_tensor', 'to_pil', 'show_images', 'draw_shape', 'render_scene',
+           'data_path', 'cache_dir', 'atomic_write', 'to_tensor', 'to_pil', 'show_images', 'draw_shape', 'render_scene',
            'single_caption', 'pair_caption', 'shapes_sample', 'shapes_dataset', 'emoji_split', 'emoji_dataset',
            'images_tensor', 'TorchView']
 
@@ -50,6 +50,25 @@ def cache_dir(sub: str = '') -> Path:
         raise PermissionError(f"Cache folder {d} is not writable ({e.strerror}). Set the environment variable "
                               "PAELLA_NB_CACHE to a folder you can write to, or pass cache=False.") from None
     return d
+
+def atomic_write(path, write) -> Path:
+    """Call `write(tmp)` on a temporary file next to `path`, flush it to disk, then `os.replace` it onto `path`.
+    A crash at any moment leaves either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as f: os.fsync(f.fileno())          # the bytes are on disk before the rename
+        os.replace(tmp, path)                                    # atomic on POSIX and Windows
+    finally:
+        if tmp.exists(): tmp.unlink()
+    try:                                                         # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    except OSError: pass
+    return path
 
 # %% ../nbs/01_data.ipynb #b223321e
 def to_tensor(images) -> torch.Tensor:

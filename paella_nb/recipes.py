@@ -153,7 +153,7 @@ def cached_tokens(vqgan, images: torch.Tensor, name: str, cache: bool = True) ->
     the second run of a recipe skips the tokenizer."""
     if not cache: return encode_images(vqgan, images)
     from safetensors.torch import load_file, save_file
-    from paella_nb.training import atomic_write
+    from paella_nb.data import atomic_write
     path = cache_dir('tokens') / f'{name}-{fingerprint(vqgan)}.safetensors'
     if path.exists():
         tokens = load_file(str(path))['tokens']
@@ -386,7 +386,7 @@ def ship(run: RecipeRun, name: str, metrics: dict | None = None, root=None) -> P
 
 def write_card(path, card: dict):
     "Write `recipe.json` into a pipeline folder, atomically."
-    from paella_nb.training import atomic_write
+    from paella_nb.data import atomic_write
     atomic_write(Path(path) / 'recipe.json', lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1)))
 
 def recipe_card(name_or_path) -> dict:

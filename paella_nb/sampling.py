@@ -320,7 +320,7 @@ DEFAULT_MODEL = 'shapes-small'   # shipped by chapter 09: 32×32 coloured shapes
 
 def sample_cli(args: list[str] | None = None) -> int:
     "`paella_nb sample PROMPT --out FILE.png [--model PATH_OR_NAME ...]`: generate images from the command line."
-    from paella_nb.training import atomic_write
+    from paella_nb.data import atomic_write
     p = argparse.ArgumentParser(prog='paella_nb sample', description="Generate images from a text prompt with a "
                                 "trained Paella pipeline (a folder written by PaellaPipeline.save_pretrained, or "
                                 "the name of a model shipped with the course).")

@@ -21,9 +21,8 @@ from .conditioning import CFGDropout
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RESUME_FREE', 'paella_loss', 'paella_accuracy', 'TokenData', 'training_step', 'batch_indices',
-           'batch_inputs', 'precomputed_inputs', 'atomic_write', 'save_checkpoint', 'read_checkpoint',
-           'load_checkpoint', 'TrainConfig', 'resolve_precision', 'autocast', 'warmup_schedule', 'ema_update',
-           'TrainResult', 'train', 'plot_history']
+           'batch_inputs', 'precomputed_inputs', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'TrainConfig',
+           'resolve_precision', 'autocast', 'warmup_schedule', 'ema_update', 'TrainResult', 'train', 'plot_history']
 
 # %% ../nbs/06_training.ipynb #141fb01e
 def _check_loss_inputs(logits, target, t, mask):
@@ -151,22 +150,7 @@ def precomputed_inputs(data: TokenData, idx, dropout: CFGDropout | None, device)
 
 # %% ../nbs/06_training.ipynb #c59d5b57
 CHECKPOINT_FORMAT = 'paella_nb.checkpoint/1'
-
-def atomic_write(path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file next to `path`, flush it to disk, then `os.replace` it onto `path`.
-    A crash at any moment leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        write(tmp)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())          # the bytes are on disk before the rename
-        os.replace(tmp, path)                                    # atomic on POSIX and Windows
-    finally:
-        if tmp.exists(): tmp.unlink()
-    with contextlib.suppress(OSError):                           # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY); os.fsync(fd); os.close(fd)
-    return path
+from .data import atomic_write                          # chapter 01: temp file, fsync, os.replace
 
 def _rng_state() -> tuple[dict, dict]:
     "Every global random generator a training step may touch: torch (CPU and CUDA), numpy, python."

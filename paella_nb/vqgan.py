@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .data import atomic_write
 
 # %% ../nbs/02_vqgan.ipynb #82b96aa0
 def check_images(x, factor: int = 4, what: str = 'images') -> torch.Tensor:
@@ -327,14 +328,7 @@ def save_vqgan(model: VQModel, path, metadata: dict | None = None) -> Path:
     meta = {'config': json.dumps(model.config), 'format': 'paella_nb.VQModel'}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp'); os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)                                       # mkstemp makes it private; a checkpoint is shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata=meta))   # chapter 01: never half a file
 
 # %% ../nbs/02_vqgan.ipynb #3c7854c0
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -30,12 +30,18 @@ def test_wheel_contents(wheel):
     assert meta and 'paella_nb = paella_nb.cli:main' in zipfile.ZipFile(wheel).read(meta[0]).decode()
 
 
-def test_installed_wheel_course(wheel, tmp_path):
-    "Install the wheel (without dependencies: they are the ones this interpreter has) and use it."
-    target = tmp_path/'site'
+@pytest.fixture(scope='module')
+def installed(wheel, tmp_path_factory):
+    "The wheel installed into a folder of its own (without dependencies: they are the ones this interpreter has)."
+    target = tmp_path_factory.mktemp('site')
     r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(target), str(wheel)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+    return target
+
+
+def test_installed_wheel_course(installed, tmp_path):
+    target = installed
     env = {**os.environ, 'PYTHONPATH': str(target)}
     code = ("import paella_nb, sys; from paella_nb.cli import main; print(paella_nb.__file__); "
             f"sys.exit(main(['course', {str(tmp_path/'c')!r}]))")
@@ -45,12 +51,9 @@ def test_installed_wheel_course(wheel, tmp_path):
     assert (tmp_path/'c'/'nbs'/'01_data.ipynb').exists() and (tmp_path/'c'/'data'/'vqgan_f4_keys.txt').exists()
 
 
-def test_installed_wheel_samples_with_the_shipped_model(wheel, tmp_path):
+def test_installed_wheel_samples_with_the_shipped_model(installed, tmp_path):
     "README command 1 from the installed wheel, away from the repository: the default model ships inside it."
-    target = tmp_path/'site'
-    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(target), str(wheel)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
+    target = installed
     env = {**os.environ, 'PYTHONPATH': str(target), 'OMP_NUM_THREADS': '1'}
     code = ("import sys; from paella_nb.cli import main; from paella_nb.sampling import models_dir; print(models_dir()); "
             "sys.exit(main(['sample', 'a large red circle at the top left', '--out', 'out/red.png', '--seed', '0']))")
