@@ -13,6 +13,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from .noising import add_noise as _add_noise, get_loss_weight as _get_loss_weight
+from .data import atomic_write
+from .vqgan import check_state_dict as check_keys, read_state_dict   # chapter 02's checkpoint reading
 
 # %% auto #0
 __all__ = ['PAELLA_V3', 'PAELLA_TINY', 'LayerNorm2d', 'GlobalResponseNorm', 'ResBlock', 'r_embedding', 'TimestepBlock',
@@ -419,49 +421,20 @@ _HINTS = {'byt5_mapper.weight': lambda s: f"byt5_embd={s[1]}", 'in_mapper.0.weig
           'clip_mapper.weight': lambda s: f"clip_embd={s[1]}"}
 
 def check_state_dict(model: nn.Module, state_dict: dict, what: str = 'checkpoint'):
-    "Raise a `ValueError` listing missing, unexpected and mis-shaped keys of `state_dict` for `model` (no-op if they match)."
+    """Chapter 02's `check_state_dict` (missing, unexpected and mis-shaped keys in plain words), plus the `Paella`
+    arguments that would make a mis-shaped checkpoint fit. A no-op when everything fits."""
     want = model.state_dict()
-    missing = [k for k in want if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in want]
-    shapes = [(k, tuple(state_dict[k].shape), tuple(want[k].shape)) for k in want
-              if k in state_dict and tuple(state_dict[k].shape) != tuple(want[k].shape)]
-    if not (missing or unexpected or shapes): return
-    def show(items, n=8): return '\n    '.join(list(items)[:n]) + (f'\n    ... and {len(items) - n} more' if len(items) > n else '')
-    msg = [f"The {what} does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
-           f"{len(shapes)} wrong-shaped keys):"]
-    if shapes: msg.append("  wrong shapes (key: checkpoint vs model):\n    " +
-                          show([f"{k}: {list(a)} vs {list(b)}" for k, a, b in shapes]))
-    if missing: msg.append("  missing in the checkpoint:\n    " + show(missing))
-    if unexpected: msg.append("  not in the model:\n    " + show(unexpected))
-    hints = [_HINTS[k](a) for k, a, _ in shapes if k in _HINTS]
-    if hints: msg.append(f"  The checkpoint was made for another configuration; try building with {', '.join(hints)}.")
-    elif missing or unexpected:
-        msg.append("  Was it saved from another model class, or with a wrapper prefix such as 'module.'?")
-    raise ValueError('\n'.join(msg))
+    fix = [_HINTS[k](list(v.shape)) for k, v in state_dict.items()
+           if k in _HINTS and k in want and tuple(v.shape) != tuple(want[k].shape)]
+    check_keys(model, state_dict, what, hint=f"the {what} was made for another configuration; build the model with "
+                                             f"{', '.join(fix)}." if fix else '')
 
 def load_state_dict_file(path, dtype=None):
-    """Read a state dict from `.safetensors` or a torch pickle (`weights_only=True`, memory-mapped), unwrapping
-    `{'state_dict': ...}` and a `module.`/`_orig_mod.` prefix; cast floating tensors to `dtype` one at a time.
-    Returns `(state_dict, config or None)`."""
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no checkpoint at {path}")
-    config = None
-    cast = lambda v: v.to(dtype) if dtype is not None and torch.is_tensor(v) and v.is_floating_point() else v
-    if path.suffix == '.safetensors':
-        from safetensors import safe_open
-        with safe_open(str(path), framework='pt') as f:
-            meta = f.metadata() or {}
-            sd = {k: cast(f.get_tensor(k)) for k in f.keys()}    # one tensor at a time: no full fp32 copy
-        config = json.loads(meta['config']) if 'config' in meta else None
-    else:   # memory-mapped: the fp32 tensors stay in the (reclaimable) page cache, not in process memory
-        try: sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-        except RuntimeError: sd = torch.load(path, map_location='cpu', weights_only=True)   # old (non-zip) format
-        if isinstance(sd, dict) and isinstance(sd.get('state_dict'), dict):
-            config = sd.get('config'); sd = sd['state_dict']
-    if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__}).")
-    for prefix in ('module.', '_orig_mod.'):
-        if sd and all(k.startswith(prefix) for k in sd): sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return {k: cast(v) for k, v in sd.items()}, config
+    """Chapter 02's `read_state_dict` for a file (`.safetensors`, or a memory-mapped `weights_only` pickle, raw or
+    `{'state_dict', 'config'}`), floating tensors cast to `dtype` one at a time. Returns `(state_dict, config or None)`."""
+    sd, meta = read_state_dict(Path(path), dtype)
+    config = meta.get('config')
+    return sd, json.loads(config) if isinstance(config, str) else config
 
 def load_paella(path_or_state_dict, dtype=None, device='cpu', **config) -> Paella:
     """Build `Paella(**config)` on the meta device and load weights strictly with `assign=True` (no fp32 copy when
@@ -483,15 +456,13 @@ def load_paella(path_or_state_dict, dtype=None, device='cpu', **config) -> Paell
     return model.to(device).eval()
 
 def save_paella(model: Paella, path):
-    "Save weights (+ the constructor config) to `.safetensors` (config in the metadata) or `.pt` (`{'state_dict','config'}`)."
-    path = Path(path)
+    """Save weights (+ the constructor config) to `.safetensors` (config in the metadata) or `.pt`
+    (`{'state_dict','config'}`), atomically (chapter 01's `atomic_write`)."""
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if path.suffix == '.safetensors':
+    if Path(path).suffix == '.safetensors':
         from safetensors.torch import save_file
-        save_file(sd, str(path), metadata={'config': json.dumps(model.config)})
-    else:
-        torch.save({'state_dict': sd, 'config': model.config}, path)
-    return path
+        return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata={'config': json.dumps(model.config)}))
+    return atomic_write(path, lambda tmp: torch.save({'state_dict': sd, 'config': model.config}, tmp))
 
 def _from_checkpoint(cls, path, dtype=None, device='cpu', **config):
     "Same as `load_paella`: build on meta, strict-load `path` (no fp32 copy), optionally cast to `dtype`."

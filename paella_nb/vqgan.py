@@ -2,9 +2,9 @@
 
 # %% auto #0
 __all__ = ['ARCH_KEYS', 'SMALL_VQGAN_CONFIG', 'SMALL_VQGAN_QUANTIZER', 'check_images', 'check_tokens', 'MixingResBlock',
-           'code_usage', 'VectorQuantizer', 'VQModel', 'strict_load', 'read_state_dict', 'config_from_state_dict',
-           'load_vqgan', 'save_vqgan', 'psnr', 'reconstruct', 'evaluate_vqgan', 'patchify', 'unpatchify',
-           'patch_kmeans', 'kmeans_reconstruct', 'VQTrainConfig', 'PatchDiscriminator', 'train_vqgan',
+           'code_usage', 'VectorQuantizer', 'VQModel', 'check_state_dict', 'strict_load', 'read_state_dict',
+           'config_from_state_dict', 'load_vqgan', 'save_vqgan', 'psnr', 'reconstruct', 'evaluate_vqgan', 'patchify',
+           'unpatchify', 'patch_kmeans', 'kmeans_reconstruct', 'VQTrainConfig', 'PatchDiscriminator', 'train_vqgan',
            'show_reconstructions', 'plot_code_usage', 'vqgan_course_data', 'mix_equally', 'train_small_vqgan',
            'kmeans_baseline', 'small_vqgan']
 
@@ -231,11 +231,10 @@ def _fmt_keys(keys, n=8):
     keys = list(keys)
     return ', '.join(keys[:n]) + (f', … and {len(keys) - n} more' if len(keys) > n else '')
 
-def strict_load(module: nn.Module, state_dict, what: str = 'checkpoint', hint: str = '', assign: bool = False) -> nn.Module:
-    """Load `state_dict` into `module` with strict=True, after checking that keys and shapes agree.
-
-    On any mismatch raise a ValueError listing, in plain words, the keys the model needs but the checkpoint lacks,
-    the keys the checkpoint has but the model does not, and every shape difference (plus `hint`, if given)."""
+def check_state_dict(module: nn.Module, state_dict, what: str = 'checkpoint', hint: str = ''):
+    """Raise a ValueError unless `state_dict` has exactly `module`'s keys and shapes. The message lists, in plain
+    words, the keys the model needs but the checkpoint lacks, the keys the checkpoint has but the model does not, and
+    every shape difference (plus `hint`, if given). A no-op when everything fits."""
     if not hasattr(state_dict, 'keys'): raise TypeError(f"The {what} must be a dict of tensors, got {type(state_dict).__name__}.")
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
@@ -259,13 +258,20 @@ def strict_load(module: nn.Module, state_dict, what: str = 'checkpoint', hint: s
             lines.append("Hint: this is a wrapper dict; pass checkpoint['state_dict'] instead.")
         if hint: lines.append('Hint: ' + hint)
         raise ValueError('\n'.join(lines))
+
+def strict_load(module: nn.Module, state_dict, what: str = 'checkpoint', hint: str = '', assign: bool = False) -> nn.Module:
+    "`check_state_dict`, then `module.load_state_dict(state_dict, strict=True, assign=assign)`."
+    check_state_dict(module, state_dict, what, hint)
     module.load_state_dict(state_dict, strict=True, assign=assign)
     return module
 
-def read_state_dict(src) -> tuple[dict, dict]:
+def read_state_dict(src, dtype=None) -> tuple[dict, dict]:
     """A state dict and its metadata from a dict, a `{'state_dict': …}` wrapper, a `.pt`/`.pth`/`.ckpt` pickle (read
-    with `weights_only=True`) or a `.safetensors` file. `module.`/`_orig_mod.` key prefixes are stripped."""
+    with `weights_only=True`, memory-mapped) or a `.safetensors` file. `module.`/`_orig_mod.` key prefixes are
+    stripped; floating tensors are cast to `dtype` (if given) one at a time, so a 4 GB fp32 file never sits in memory
+    whole. A wrapper's `config` entry is returned in the metadata."""
     meta = {}
+    cast = lambda v: v.to(dtype) if dtype is not None and torch.is_tensor(v) and v.is_floating_point() else v
     if isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if not path.exists(): raise FileNotFoundError(f"No checkpoint at {path}.")
@@ -273,18 +279,22 @@ def read_state_dict(src) -> tuple[dict, dict]:
             from safetensors import safe_open
             with safe_open(str(path), framework='pt') as f:
                 meta = dict(f.metadata() or {})
-                obj = {k: f.get_tensor(k) for k in f.keys()}
-        else:
-            try: obj = torch.load(path, map_location='cpu', weights_only=True)
+                obj = {k: cast(f.get_tensor(k)) for k in f.keys()}
+        else:   # memory-mapped: the tensors stay in the (reclaimable) page cache until they are cast or used
+            try:
+                try: obj = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+                except RuntimeError: obj = torch.load(path, map_location='cpu', weights_only=True)   # old non-zip format
             except Exception as e:
                 raise ValueError(f"Could not read {path} with torch.load(weights_only=True): {e}\nIt is not a plain "
                                  "state dict. If you trust the file, load it yourself and pass the dict of tensors.") from e
     else: obj = src
     if not hasattr(obj, 'keys'): raise TypeError(f"A checkpoint must be a dict of tensors, got {type(obj).__name__}.")
-    if 'state_dict' in obj and hasattr(obj['state_dict'], 'keys'): obj = obj['state_dict']   # training-script wrapper
+    if 'state_dict' in obj and hasattr(obj['state_dict'], 'keys'):             # training-script wrapper
+        if 'config' in obj: meta['config'] = obj['config']
+        obj = obj['state_dict']
     for p in ('module.', '_orig_mod.'):
         if obj and all(k.startswith(p) for k in obj): obj = {k[len(p):]: v for k, v in obj.items()}
-    return dict(obj), meta
+    return {k: cast(v) for k, v in obj.items()}, meta
 
 # %% ../nbs/02_vqgan.ipynb #1c1c66ac
 def config_from_state_dict(sd) -> dict:
