@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_clip.ipynb #eb9ae8a6
 from __future__ import annotations
-import json, math, os, tempfile, time
+import json, math, os, time
 from dataclasses import dataclass, asdict, field
 from functools import lru_cache
 from pathlib import Path

@@ -9,7 +9,7 @@ __all__ = ['ARCH_KEYS', 'SMALL_VQGAN_CONFIG', 'SMALL_VQGAN_QUANTIZER', 'check_im
            'kmeans_baseline', 'small_vqgan']
 
 # %% ../nbs/02_vqgan.ipynb #54836efc
-import json, math, os, tempfile, time
+import json, math, os, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
