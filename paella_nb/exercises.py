@@ -20,9 +20,9 @@ __all__ = ['CHAPTERS', 'EXERCISES', 'STRICT', 'SKIP_FLAGS', 'Feedback', 'Exercis
            'check_pad_stack', 'check_masked_mean', 'check_similarity_matrix', 'check_global_response_norm',
            'check_r_embedding', 'check_res_block', 'check_attn_block', 'check_paella_loss', 'check_noised_accuracy',
            'check_training_step', 'check_cfg_logits', 'check_renoise', 'check_sample_blog', 'check_held_out_loss',
-           'check_ema_update', 'check_small_data_report', 'chapter_of', 'exercises_for', 'run_checks', 'load_cells',
-           'execute_cells', 'Submission', 'grade', 'score_table', 'write_csv', 'grade_cli', 'strip_solutions',
-           'make_student_notebook', 'sync_student_notebooks', 'exercise_table']
+           'check_ema_update', 'check_small_data_report', 'check_read_color', 'chapter_of', 'exercises_for',
+           'run_checks', 'load_cells', 'execute_cells', 'Submission', 'grade', 'score_table', 'write_csv', 'grade_cli',
+           'strip_solutions', 'make_student_notebook', 'sync_student_notebooks', 'exercise_table']
 
 # %% ../nbs/12_exercises.ipynb #15e220e9
 class _Fail(Exception): "Raised by `Feedback.fail`; caught by the checker wrapper, never seen by students."
@@ -896,6 +896,48 @@ def check_small_data_report(report, fb):
     fb.require(gaps[i] > 0, f"with the fewest images (n={n[i]}) the held-out loss ({va[i]:.3f}) should exceed the training loss "
                f"({tr[i]:.3f}): measure both with held_out_loss, on the training tokens and on tokens the model never saw.")
     fb.ok(f"the smallest set overfits (gap {gaps[i]:+.3f})")
+
+def _patchwork(major: str, minor: str, cut: int = 18) -> torch.Tensor:
+    "A large square at the centre, columns left of `cut` in colour `major` (about 60% of the ink), the rest in `minor`."
+    from paella_nb.data import render_scene, to_tensor
+    a, b = (to_tensor(render_scene([dict(color=c, shape='square', size='large', position='center')], 32))[0] for c in (major, minor))
+    return torch.cat([a[:, :, :cut], b[:, :, cut:]], dim=2)                      # [3, 32, 32]
+
+@exercise('read_color', '09', "the judge's colour reader", 20, 'function')
+def check_read_color(fn, fb):
+    from paella_nb.data import COLORS, SHAPES, SIZES, render_scene, to_tensor
+    said = lambda r: repr(r) if r is None or isinstance(r, str) else f"a {type(r).__name__}"
+    got = _call(fb, fn, torch.ones(3, 32, 32), what='read_color(white canvas [3, 32, 32])')
+    fb.require(got is None, f"a blank (all-white) canvas has no colour: return None; yours returned {said(got)}.",
+               "count the inked pixels first (1 - image is the ink); with fewer than a handful, return None.")
+    fb.ok("a blank canvas reads as None")
+    g, wrong, n = torch.Generator().manual_seed(0), [], 0
+    for color in COLORS:
+        for shape in SHAPES:
+            for size, pos in zip(SIZES, ('top left', 'bottom right')):
+                x = to_tensor(render_scene([dict(color=color, shape=shape, size=size, position=pos)], 32))[0]
+                for noisy in (False, True):                                     # generated images are never perfectly clean
+                    img = (x + 0.04 * torch.randn(x.shape, generator=g)).clamp(0, 1) if noisy else x
+                    r = _call(fb, fn, img.clone(), what='read_color(image [3, 32, 32])'); n += 1
+                    if not (isinstance(r, str) and r == color): wrong.append((color, f"a {size} {color} {shape}", r, noisy))
+    if wrong:
+        color, what, r, noisy = wrong[0]
+        if not (isinstance(r, str) and r in COLORS): hint = f"return one of the palette names {list(COLORS)}."
+        elif r in ('red', 'green', 'blue') and color in ('orange', 'yellow', 'purple'):
+            hint = ("the strongest channel is not enough (orange, yellow and purple mix channels): compare each inked "
+                    "pixel with the palette in paella_nb.data.COLORS and take the nearest.")
+        else: hint = ("most of the canvas is white: judge only the inked pixels (1 - image > 0.25 in some channel), each "
+                      "against the palette colours in paella_nb.data.COLORS.")
+        fb.fail(f"{len(wrong)} of {n} drawings read wrong, e.g. {what}{' (with a little noise)' if noisy else ''} read as "
+                f"{said(r)}.", hint)
+    fb.ok(f"all {n} single drawings (6 colours × 3 shapes × 2 sizes, clean and noisy) read right")
+    for major, minor in (('red', 'yellow'), ('blue', 'green'), ('yellow', 'purple')):
+        r = _call(fb, fn, _patchwork(major, minor), what='read_color(patchwork)')
+        fb.require(isinstance(r, str) and r == major,
+                   f"a square that is about 60% {major} and 40% {minor} read as {said(r)}; it should read as {major!r}, "
+                   "the colour most of the ink has.", "let every inked pixel vote for its nearest palette colour, instead of "
+                   "averaging the pixels (the average of red and yellow is orange)." if isinstance(r, str) else None)
+    fb.ok("a two-colour patchwork reads as its majority colour, never as a mix")
 
 # %% ../nbs/12_exercises.ipynb #3da242f8
 def _own(obj) -> bool:

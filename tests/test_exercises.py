@@ -12,6 +12,8 @@ from paella_nb.exercises import EXERCISES, CHAPTERS
 from paella_nb.noising import add_noise, get_loss_weight
 from paella_nb.training import paella_loss, ema_update
 from paella_nb import unet
+from paella_nb.data import COLORS
+from paella_nb.recipes import read_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 SOL, STU = ROOT / 'nbs' / 'solutions', ROOT / 'nbs' / 'exercises'
@@ -62,6 +64,7 @@ COURSE = {   # the course's own implementations, adapted to the exercise signatu
     'global_response_norm': lambda x, g, b: _grn(x, g, b),
     'nearest_code': ex._ref_nearest,
     'masked_mean': ex._ref_masked_mean,
+    'read_color': lambda image: read_shape(image)['color'],               # chapter 09's judge
 }
 
 def _grn(x, g, b):
@@ -223,6 +226,11 @@ def _drop(mode='ok'):
         return [c if k else (None if mode == 'none' else '') for c, k in zip(captions, keep.tolist())]
     return f
 
+_PALETTE = torch.tensor(list(COLORS.values()), dtype=torch.float32) / 255    # [6, 3]
+def _nearest_name(rgb): return list(COLORS)[int(((_PALETTE - rgb) ** 2).sum(1).argmin())]
+def _ink_mask(im): return (1 - im).amax(0) > 0.25                              # [H, W]
+def _inked(im): return None if _ink_mask(im).sum() < 3 else True
+
 WRONG = [
     # 02
     ('nearest_code', lambda z, cb: torch.cdist(z, cb).argmax(1), 'farthest'),
@@ -322,6 +330,11 @@ WRONG = [
     ('small_data_report', [1, 2], 'should be the dict'),
     ('small_data_report', dict(n_train=[16, 256], train_loss=[1.0, 1.2]), 'needs the keys'),
     ('small_data_report', dict(n_train=[16, 256], train_loss=[1.6, 1.3], val_loss=[1.4, 1.35]), 'should exceed the training loss'),
+    ('read_color', lambda im: _nearest_name(im.mean((1, 2))), 'blank (all-white) canvas'),
+    ('read_color', lambda im: _inked(im) and _nearest_name(im.mean((1, 2))), 'judge only the inked pixels'),
+    ('read_color', lambda im: _inked(im) and ['red', 'green', 'blue'][int(im[:, _ink_mask(im)].mean(1).argmax())], 'strongest channel'),
+    ('read_color', lambda im: _inked(im) and _nearest_name(im[:, _ink_mask(im)].mean(1)), 'the colour most of the ink has'),
+    ('read_color', lambda im: _inked(im) and _nearest_name(im[:, _ink_mask(im)].mean(1)).upper(), 'palette names'),
 ]
 
 @pytest.mark.parametrize('name,work,expected', WRONG, ids=[f'{n}-{i}' for i, (n, _, _) in enumerate(WRONG)])
