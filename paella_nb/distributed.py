@@ -1122,7 +1122,7 @@ def _free_port() -> int:
 
 def _spawned(rank: int, world: int, port: int, cfg_d: dict, kw: dict):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE='True')
     train_full(load_config(cfg_d), **kw)
 
 def launch(cfg: FullConfig, nproc: int = 1, start_method: str = 'auto', **kw) -> dict:
@@ -1135,7 +1135,11 @@ def launch(cfg: FullConfig, nproc: int = 1, start_method: str = 'auto', **kw) ->
     if start_method == 'auto':
         start_method = 'fork' if sys.platform == 'linux' and not torch.cuda.is_initialized() else 'spawn'
     target = importlib.import_module('paella_nb.distributed')._spawned   # importable by the children (not a notebook's __main__)
-    mp.start_processes(target, args=(nproc, _free_port(), config_dict(cfg), kw), nprocs=nproc, start_method=start_method)
+    # We host the rendezvous store here, on a port the OS picks, until the children finish (torchrun's agent does the
+    # same): choosing a free port for rank 0 to bind later could lose it to another program in between.
+    store = dist.TCPStore('127.0.0.1', 0, nproc, is_master=True, wait_for_workers=False)
+    try: mp.start_processes(target, args=(nproc, store.port, config_dict(cfg), kw), nprocs=nproc, start_method=start_method)
+    finally: del store
     hist = Path(cfg.out_dir)/'history.jsonl'
     history = [json.loads(l) for l in hist.read_text().splitlines() if l] if hist.exists() else []
     ck = list_checkpoints(cfg.out_dir)
