@@ -21,6 +21,7 @@ lic = licenses[cfg['license']]
 min_python = cfg['min_python']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+course_requirements = cfg.get('course_requirements', '').split()   # `pip install paella_nb[course]`: JupyterLab to follow the course
 # "fastcore>=1.12.3,<2" is one requirement: settings.ini separates requirements by spaces only
 scripts = [s.strip() for s in cfg.get('console_scripts', '').split() if s.strip()]
 
@@ -49,7 +50,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'course': course_requirements},
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + min_python,
     long_description=(ROOT/'README.md').read_text(encoding='utf-8') if (ROOT/'README.md').exists() else cfg['description'],

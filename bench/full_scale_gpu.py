@@ -1,4 +1,4 @@
-"""Time the released Paella v3 training step on one GPU (chapter 10, `paella_nb.distributed`).
+"""Time the released Paella v3 training step on one GPU (chapter 12, `paella_nb.cost_model`).
 
     python bench/full_scale_gpu.py                      # micro-batches 8, 16, 32; plain, then activation checkpointing
     python bench/full_scale_gpu.py --micro 16 --compile # one size, torch.compile'd
@@ -7,7 +7,8 @@
 
 Self-contained: no data files, no downloads. Random token grids [B, 64, 64] (a 256 px image through the f4 VQGAN),
 random ByT5-XL states [B, L, 2560] and CLIP-H vectors [B, 1024]. One step is what `train_full` does per
-micro-batch: noise (chapter 03), forward under bf16 autocast, Paella's loss, backward, grad clip, fused AdamW.
+micro-batch: chapter 06's `training_step` (noise, forward, Paella's loss) under bf16 autocast, backward, grad clip,
+fused AdamW.
 Prints step time, images/s, tokens/s, MFU against the GPU's dense bf16 peak (FLOPs counted on the meta device,
 training = 3 x forward), peak memory, and what the release's 1.3M steps x 2048 images would cost at the measured
 speed. Takes about 2-4 minutes on an H100 (most of it building the 1B model).
@@ -19,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))     # run from a checkout without installing
 import torch
 from paella_nb.unet import Paella, PAELLA_V3
-from paella_nb.distributed import (model_flops, apply_activation_checkpointing, gpu_peak_flops, bench_step,
-                                   TINY_MODEL, BYT5_XL)
+from paella_nb.cost_model import model_flops, gpu_peak_flops, bench_step, BYT5_XL
+from paella_nb.full_scale import apply_activation_checkpointing, TINY_MODEL
 
 
 def bench_byt5(text_len, peak, dev, smoke):
@@ -69,7 +70,7 @@ def main(argv=None):
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA GPU: this benchmark needs one (use --smoke to check the script on a CPU; the cost model "
-                     "of chapter 10 runs anywhere).")
+                     "of chapter 12 runs anywhere).")
         dev, cfg, latent, micro = torch.device('cuda'), asdict(PAELLA_V3), 64, a.micro or [8, 16, 32]
         torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU (smoke test)'

@@ -14,7 +14,7 @@ def main(argv=None):
     p.add_argument('--model', action='append', help='shipped model name(s); default: all shipped')
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from paella_nb.recipes import SHIPPED, folder_mb, generate
+    from paella_nb.small_data import SHIPPED, folder_mb, generate
     from paella_nb.sampling import PaellaPipeline, models_dir
     print(f"threads {torch.get_num_threads()}, load average {os.getloadavg()}")
     for name in a.model or SHIPPED:

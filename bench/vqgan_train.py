@@ -8,7 +8,7 @@ Writes data/small_vqgan.safetensors (the EMA + restarts model) and data/small_vq
 import argparse, json, os, platform, time
 import torch
 from paella_nb.vqgan import train_small_vqgan, vqgan_course_data, kmeans_baseline, save_vqgan
-from paella_nb.data import data_path
+from paella_nb.data import data_path, atomic_write
 
 p = argparse.ArgumentParser()
 p.add_argument('--arms', default='kmeans,ema,plain')
@@ -24,8 +24,7 @@ res['measured_by'] = ('bench/vqgan_train.py = the #| slow cells of nbs/02_vqgan.
                       f'{platform.machine()} CPU, {a.threads} threads (a shared machine: timings are inflated)')
 data = vqgan_course_data()
 kw = {} if a.steps is None else {'steps': a.steps}
-def dump():
-    tmp = js + '.tmp'; open(tmp, 'w').write(json.dumps(res, indent=1)); os.replace(tmp, js)
+def dump(): atomic_write(js, lambda tmp: open(tmp, 'w').write(json.dumps(res, indent=1)))
 for arm in a.arms.split(','):
     t = time.time()
     if arm == 'kmeans':

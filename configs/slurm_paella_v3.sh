@@ -22,7 +22,7 @@ RUN=${RUN:-/shared/runs/paella_v3}   # on a file system every node sees
 mkdir -p "$RUN"
 srun --kill-on-bad-exit=1 bash -c "torchrun --nnodes=$SLURM_NNODES --nproc_per_node=8 \
     --rdzv_id=$SLURM_JOB_ID --rdzv_backend=c10d --rdzv_endpoint=$MASTER_ADDR:$MASTER_PORT \
-    -m paella_nb.train_full $CONFIG out_dir=$RUN $*" &
+    -m paella_nb.full_scale $CONFIG out_dir=$RUN $*" &
 SRUN=$!
 # SIGUSR1 reaches this batch shell: ask the trainer to stop (it checkpoints at the end of the step, then exits 0)
 trap "touch $RUN/STOP" USR1

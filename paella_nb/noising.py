@@ -9,53 +9,19 @@ import torch
 # %% auto #0
 __all__ = ['add_noise', 'sample_t', 'sampling_timesteps', 'get_loss_weight']
 
-# %% ../nbs/03_noising.ipynb #1e9850cb
-def _check_t(t, batch_size: int, device=None) -> torch.Tensor:
-    "Turn `t` (a float or a [B] tensor) into a float [B] tensor in [0, 1], with a clear error otherwise."
-    if not torch.is_tensor(t):
-        t = torch.full((batch_size,), float(t), device=device)
-    if t.dim() == 0:
-        t = t.expand(batch_size)
-    if t.dim() != 1 or t.shape[0] != batch_size:
-        raise ValueError(f"t must be a float or a 1-D tensor with one noise level per batch element "
-                         f"(shape [{batch_size}]), got shape {list(t.shape)}.")
-    if not t.is_floating_point():
-        raise TypeError(f"t must be a float tensor (noise levels in [0, 1]), got dtype {t.dtype}.")
-    if bool(((t < 0) | (t > 1)).any()):
-        raise ValueError(f"t must lie in [0, 1] (0 = clean, 1 = every token random); "
-                         f"got min {t.min().item():.4g}, max {t.max().item():.4g}.")
-    return t
-
+# %% ../nbs/03_noising.ipynb #66c49578
 def add_noise(x: torch.Tensor, t, num_labels: int, mask=None, random_x=None):
     """Replace each token of `x` `[B, H, W]` (int64 codebook indices) by a uniformly random code with probability `t`.
 
     `t` is a float or a `[B]` tensor in [0, 1]. `mask` (shaped like `x`, 1 = replace) overrides the coin flips;
     `random_x` (shaped like `x`, int64) fixes the replacement tokens. Returns `(noised, mask)`, `mask` int64 with
     1 = replaced. Same semantics and random-number use as the original `Paella.add_noise`."""
-    if not torch.is_tensor(x) or x.dtype != torch.long:
-        raise TypeError(f"x must be an int64 (torch.long) tensor of token ids, got "
-                        f"{x.dtype if torch.is_tensor(x) else type(x).__name__}. Use x.long().")
-    if x.dim() < 2:
-        raise ValueError(f"x must be a batch of token grids, e.g. [B, H, W]; got shape {list(x.shape)}.")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_labels):
-        raise ValueError(f"token ids must lie in [0, {num_labels}) (num_labels={num_labels}); "
-                         f"got min {int(x.min())}, max {int(x.max())}.")
-    t = _check_t(t, x.shape[0], x.device)
+    t = _check_add_noise(x, t, num_labels, mask, random_x)           # [B] floats in [0, 1] (guard rails, end of chapter)
     t = t.reshape(-1, *([1] * (x.dim() - 1)))                         # [B, 1, 1]
-    if mask is None:
-        mask = (torch.rand_like(x.float()) <= t).long()                # [B, H, W] per-token Bernoulli(t)
-    else:
-        if not torch.is_tensor(mask) or mask.shape != x.shape:
-            raise ValueError(f"mask must be a tensor shaped like x {list(x.shape)}, got "
-                             f"{list(mask.shape) if torch.is_tensor(mask) else type(mask).__name__}.")
-        mask = mask.long()
-    if random_x is None:
-        random_x = torch.randint_like(x, 0, num_labels)                # [B, H, W] uniform over the codebook
-    elif not torch.is_tensor(random_x) or random_x.shape != x.shape or random_x.dtype != torch.long:
-        raise ValueError(f"random_x must be an int64 tensor shaped like x {list(x.shape)}, got "
-                         f"{(random_x.dtype, list(random_x.shape)) if torch.is_tensor(random_x) else type(random_x).__name__}.")
-    x = x * (1 - mask) + random_x * mask
-    return x, mask
+    if mask is None: mask = torch.rand_like(x.float()) <= t           # [B, H, W] per-token coin flip, True with prob. t
+    if random_x is None: random_x = torch.randint_like(x, 0, num_labels)   # [B, H, W] uniform over the codebook
+    mask = mask.long()
+    return x * (1 - mask) + random_x * mask, mask
 
 # %% ../nbs/03_noising.ipynb #4d71fb1e
 def sample_t(batch_size: int, device=None, generator=None) -> torch.Tensor:
@@ -73,3 +39,41 @@ def get_loss_weight(t: torch.Tensor, mask: torch.Tensor, min_val: float = 0.3) -
     "Per-token loss weight `[B, H, W]`: 1 on replaced tokens (`mask` 1), `1 - (1-t)(1-min_val)` on kept ones; `t` is `[B]`."
     t = t.reshape(-1, *([1] * (mask.dim() - 1)))                      # [B, 1, 1]
     return 1 - (1 - mask) * ((1 - t) * (1 - min_val))
+
+# %% ../nbs/03_noising.ipynb #dfb970b0
+def _check_t(t, batch_size: int, device=None) -> torch.Tensor:
+    "Turn `t` (a float or a [B] tensor) into a float [B] tensor in [0, 1], with a clear error otherwise."
+    if not torch.is_tensor(t):
+        t = torch.full((batch_size,), float(t), device=device)
+    if t.dim() == 0:
+        t = t.expand(batch_size)
+    if t.dim() != 1 or t.shape[0] != batch_size:
+        raise ValueError(f"t must be a float or a 1-D tensor with one noise level per batch element "
+                         f"(shape [{batch_size}]), got shape {list(t.shape)}.")
+    if not t.is_floating_point():
+        raise TypeError(f"t must be a float tensor (noise levels in [0, 1]), got dtype {t.dtype}.")
+    if bool(t.isnan().any()):
+        raise ValueError(f"t contains NaN at batch positions {t.isnan().nonzero().flatten().tolist()[:8]}: a NaN noise "
+                         "level would add no noise at all. Check how t was computed (t must lie in [0, 1]).")
+    if bool(((t < 0) | (t > 1)).any()):
+        raise ValueError(f"t must lie in [0, 1] (0 = clean, 1 = every token random); "
+                         f"got min {t.min().item():.4g}, max {t.max().item():.4g}.")
+    return t
+
+def _check_add_noise(x, t, num_labels: int, mask, random_x) -> torch.Tensor:
+    "The input checks of `add_noise`; returns `t` as a float `[B]` tensor."
+    if not torch.is_tensor(x) or x.dtype != torch.long:
+        raise TypeError(f"x must be an int64 (torch.long) tensor of token ids, got "
+                        f"{x.dtype if torch.is_tensor(x) else type(x).__name__}. Use x.long().")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch of token grids, e.g. [B, H, W]; got shape {list(x.shape)}.")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= num_labels):
+        raise ValueError(f"token ids must lie in [0, {num_labels}) (num_labels={num_labels}); "
+                         f"got min {int(x.min())}, max {int(x.max())}.")
+    if mask is not None and (not torch.is_tensor(mask) or mask.shape != x.shape):
+        raise ValueError(f"mask must be a tensor shaped like x {list(x.shape)}, got "
+                         f"{list(mask.shape) if torch.is_tensor(mask) else type(mask).__name__}.")
+    if random_x is not None and (not torch.is_tensor(random_x) or random_x.shape != x.shape or random_x.dtype != torch.long):
+        raise ValueError(f"random_x must be an int64 tensor shaped like x {list(x.shape)}, got "
+                         f"{(random_x.dtype, list(random_x.shape)) if torch.is_tensor(random_x) else type(random_x).__name__}.")
+    return _check_t(t, x.shape[0], x.device)

@@ -4,43 +4,30 @@
 
 # %% ../nbs/06_training.ipynb #ef0f287d
 from __future__ import annotations
-import contextlib, copy, json, math, os, random, time
+import contextlib, copy, json, math, random, re, shutil, time
 from dataclasses import dataclass, field, asdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .noising import add_noise, get_loss_weight
-from .unet import check_state_dict
+from .data import atomic_write, image_grid, remove_stale_temps, progress as progress_bar
+from .vqgan import check_state_dict
+from .noising import add_noise, get_loss_weight, sample_t
 from .conditioning import CFGDropout
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'RESUME_FREE', 'paella_loss', 'paella_accuracy', 'TokenData', 'training_step', 'batch_indices',
-           'batch_inputs', 'precomputed_inputs', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'TrainConfig',
-           'resolve_precision', 'autocast', 'warmup_schedule', 'ema_update', 'TrainResult', 'train', 'plot_history']
+__all__ = ['CHECKPOINT_FORMAT', 'paella_loss', 'paella_accuracy', 'TokenData', 'unwrap', 'training_step', 'batch_indices',
+           'batch_inputs', 'precomputed_inputs', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint',
+           'checkpoint_path', 'list_checkpoints', 'latest_checkpoint', 'prune_checkpoints', 'check_finite',
+           'TrainConfig', 'check_resume', 'resolve_precision', 'autocast', 'warmup_schedule', 'ema_update',
+           'TrainResult', 'train', 'plot_history']
 
 # %% ../nbs/06_training.ipynb #141fb01e
-def _check_loss_inputs(logits, target, t, mask):
-    if not torch.is_tensor(logits) or logits.dim() != 4:
-        raise ValueError(f"logits must be a [B, num_labels, H, W] tensor, got "
-                         f"{list(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}.")
-    B, K, H, W = logits.shape
-    if not torch.is_tensor(target) or tuple(target.shape) != (B, H, W):
-        raise ValueError(f"target must be the clean token ids [B, H, W] = {[B, H, W]} matching the logits, got "
-                         f"{list(target.shape) if torch.is_tensor(target) else type(target).__name__}.")
-    if target.dtype != torch.long: raise TypeError(f"target must hold int64 token ids, got {target.dtype}.")
-    if not torch.is_tensor(mask) or mask.shape != target.shape:
-        raise ValueError(f"mask must be shaped like target {[B, H, W]} (1 = replaced), got "
-                         f"{list(mask.shape) if torch.is_tensor(mask) else type(mask).__name__}.")
-    if not torch.is_tensor(t) or tuple(t.shape) != (B,):
-        raise ValueError(f"t must be a [B] = [{B}] tensor of noise levels, got "
-                         f"{list(t.shape) if torch.is_tensor(t) else type(t).__name__}.")
-
 def paella_loss(logits, target, t, mask, min_val: float = 0.3, label_smoothing: float = 0.1) -> torch.Tensor:
     """Paella's training loss, a scalar: label-smoothed cross-entropy between `logits` [B, K, H, W] and the clean
     tokens `target` [B, H, W] on *every* token, weighted 1 on replaced tokens (`mask` = 1) and `1-(1-t)(1-min_val)`
@@ -68,40 +55,22 @@ class TokenData:
     cond: dict | None = None                      # e.g. {'byt5': [N, L, D], 'clip': [N, Dc]}
     uncond: dict | None = None                    # e.g. {'byt5': [1, L0, D], 'clip': [1, Dc]} (the '' prompt)
 
-    def __post_init__(self):
-        if not torch.is_tensor(self.tokens) or self.tokens.dtype != torch.long or self.tokens.dim() != 3:
-            raise TypeError(f"tokens must be an int64 tensor [N, h, w], got "
-                            f"{(self.tokens.dtype, list(self.tokens.shape)) if torch.is_tensor(self.tokens) else type(self.tokens).__name__}.")
-        n = len(self.tokens)
-        if (self.captions is None) == (self.cond is None):
-            raise ValueError("give either captions=[...] (encoded by a Conditioner during training) or "
-                             "cond={...} (precomputed U-Net inputs), not both and not neither.")
-        if self.captions is not None:
-            if isinstance(self.captions, str) or len(self.captions) != n:
-                raise ValueError(f"captions must be a list of {n} strings (one per token grid), got "
-                                 f"{'a single string' if isinstance(self.captions, str) else len(self.captions)}.")
-        else:
-            if 'byt5' not in self.cond: raise ValueError("cond needs at least the 'byt5' text states [N, L, D].")
-            for k, v in self.cond.items():
-                if v is not None and len(v) != n:
-                    raise ValueError(f"cond[{k!r}] has {len(v)} rows but there are {n} token grids.")
-            if self.uncond is None or 'byt5' not in self.uncond:
-                raise ValueError("precomputed cond needs uncond={'byt5': [1, L0, D], ...}: the inputs of the empty "
-                                 "prompt, used for classifier-free-guidance dropout (conditioner.unconditional(1)).")
-
+    def __post_init__(self): _check_token_data(self)
     def __len__(self): return len(self.tokens)
 
 # %% ../nbs/06_training.ipynb #17eb0d27
-def _unwrap(model): return getattr(model, 'module', model)      # DDP / compiled wrappers keep the model in .module
+def unwrap(model: nn.Module) -> nn.Module:
+    "The bare model inside DDP/FSDP (`.module`) and `torch.compile` (`._orig_mod`) wrappers, however nested."
+    inner = getattr(model, '_orig_mod', getattr(model, 'module', None))
+    return unwrap(inner) if isinstance(inner, nn.Module) else model
 
 def training_step(model, tokens, inputs: dict, cfg: TrainConfig):
     """One Paella training step, as the blog tells it: draw a noise level t per image, replace that fraction of
-    the tokens by random codes, let the model predict every clean token, and score it. Returns (loss, accuracies)."""
-    t = (1 - torch.rand(len(tokens), device=tokens.device)).clamp(min=cfg.t_min)   # [B], t ~ U(t_min, 1]
-    noised, mask = add_noise(tokens, t, _unwrap(model).num_labels)                # [B, h, w]; mask 1 = replaced
-    logits = model(noised, t, **inputs)                                          # [B, K, h, w]
-    loss = paella_loss(logits, tokens, t, mask, cfg.min_val, cfg.label_smoothing)
-    return loss, paella_accuracy(logits, tokens, mask)
+    the tokens by random codes, let the model predict every clean token, and score it. Returns (loss, logits, mask)."""
+    t = sample_t(len(tokens), tokens.device)                                   # [B], uniform in [0.001, 1]
+    noised, mask = add_noise(tokens, t, unwrap(model).num_labels)              # [B, h, w]; mask 1 = replaced
+    logits = model(noised, t, **inputs)                                        # [B, K, h, w]
+    return paella_loss(logits, tokens, t, mask, cfg.min_val, cfg.label_smoothing), logits, mask
 
 # %% ../nbs/06_training.ipynb #8ba64af2
 @lru_cache(maxsize=4)
@@ -148,9 +117,8 @@ def precomputed_inputs(data: TokenData, idx, dropout: CFGDropout | None, device)
         out['clip_image'] = out['clip_image'] * (~drop['clip_image'])[:, None].to(out['clip_image'])
     return out
 
-# %% ../nbs/06_training.ipynb #c59d5b57
+# %% ../nbs/06_training.ipynb #5b20ecb5
 CHECKPOINT_FORMAT = 'paella_nb.checkpoint/1'
-from .data import atomic_write                          # chapter 01: temp file, fsync, os.replace
 
 def _rng_state() -> tuple[dict, dict]:
     "Every global random generator a training step may touch: torch (CPU and CUDA), numpy, python."
@@ -192,12 +160,15 @@ def _unprefixed(prefix, tensors):
     n = len(prefix) + 1
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + '.')}
 
+# %% ../nbs/06_training.ipynb #c59d5b57
 def save_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, step: int = 0, extra: dict | None = None,
-                    *, ema: nn.Module | None = None, scaler=None) -> Path:
+                    *, ema: nn.Module | None = None, scaler=None, loss=None) -> Path:
     """Write one safetensors file holding everything needed to continue a run exactly: model (and EMA) weights,
     optimizer moments, scheduler and grad-scaler state, all random generators, `step`, and `extra` (anything
-    JSON-able). Written atomically: a run killed mid-save leaves the previous checkpoint intact."""
+    JSON-able). Refused if `loss` (e.g. the sum of the losses since the last save) or a weight is not finite.
+    Written atomically: a run killed mid-save leaves the previous checkpoint intact."""
     from safetensors.torch import save_file
+    check_finite(model, loss, path=path, step=step)
     tensors = _prefixed('model', model.state_dict())
     if ema is not None: tensors |= _prefixed('ema', ema.state_dict())
     meta = dict(format=CHECKPOINT_FORMAT, step=int(step), model_class=type(model).__name__,
@@ -251,7 +222,7 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
         raise ValueError(f"{path} was saved from another model ({what})"
                          + (f"; config differs in {', '.join(f'{k}: {a!r} (checkpoint) vs {b!r} (model)' for k, (a, b) in diff.items())}"
                             if diff else '') + ". Build the model with the checkpoint's config, or start a new run.")
-    check_state_dict(model, sd, what=f'checkpoint {path}')
+    check_state_dict(model, sd, where=f'checkpoint {path}')
     model.load_state_dict(sd)
     if ema is not None:
         esd = _unprefixed('ema', tensors)
@@ -265,51 +236,112 @@ def load_checkpoint(path, model: nn.Module, optimizer=None, scheduler=None, *, e
     if restore_rng: _set_rng_state(tensors, meta['rng'])
     return meta
 
+# %% ../nbs/06_training.ipynb #e185c773
+def checkpoint_path(out_dir, step: int, ext: str = 'safetensors') -> Path:
+    "Where a run keeps the checkpoint of `step`: `out_dir/checkpoints/step_00000123.safetensors`."
+    return Path(out_dir) / 'checkpoints' / f'step_{step:08d}.{ext}'
+
+def _checkpoints_in(folder) -> list[tuple[int, Path]]:
+    found = [(int(m.group(1)), p) for p in Path(folder).glob('step_*') if (m := re.fullmatch(r'step_(\d+)\.\w+', p.name))]
+    return sorted(found)                                        # temporary names (`.paella-tmp-...`) never match
+
+def list_checkpoints(out_dir) -> list[tuple[int, Path]]:
+    "The checkpoints of the run in `out_dir`, oldest first, as (step, path)."
+    return _checkpoints_in(Path(out_dir) / 'checkpoints')
+
+def latest_checkpoint(out_dir) -> Path | None:
+    "The newest checkpoint of the run in `out_dir`, or None."
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+def prune_checkpoints(out_dir, keep_last: int) -> list[Path]:
+    "Delete all but the newest `keep_last` checkpoints of the run (every one on disk is good). Returns the deleted."
+    old = [p for _, p in list_checkpoints(out_dir)[:-keep_last]]
+    for p in old: shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return old
+
+def check_finite(model: nn.Module, loss=None, *, path=None, step=None):
+    """Raise FloatingPointError if `loss` (a number or 0-d tensor) or any weight of `model` is NaN or inf. The
+    message says that `path` was not written and names the last good checkpoint beside it."""
+    problems = [f"the loss is {float(loss)}"] if loss is not None and not math.isfinite(float(loss)) else []
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():     # one sync
+        problems.append("the weights hold NaN or inf")
+    if problems:
+        raise _diverged(' and '.join(problems) + (f", so {path} was not written" if path else ''), step,
+                        None if path is None else Path(path).parent)
+
+def _diverged(problem: str, step, folder) -> FloatingPointError:
+    found = _checkpoints_in(folder) if folder is not None else []
+    last = (f"The last good checkpoint is {found[-1][1]} (step {found[-1][0]}): load_checkpoint restores it; go on "
+            "from its weights with a lower lr, or in fp32" if found else
+            "No good checkpoint of this run was written: start again with a lower lr, or in fp32")
+    return FloatingPointError(f"{'' if step is None else f'step {step}: '}{problem}. {last}.")
+
 # %% ../nbs/06_training.ipynb #ded3c25a
 @dataclass
 class TrainConfig:
     "Everything that defines a training run (defaults: the released model's recipe where it applies)."
     steps: int = 10_000            # optimizer updates in total
-    batch_size: int = 32           # token grids per update (the release: 2048 over 128 GPUs)
+    batch_size: int = 32           # token grids per update, all devices together (the release: 2048 over 128 GPUs)
     lr: float = 1e-4               # peak learning rate after warmup (the release: 1e-4, constant)
     warmup_steps: int = 500        # linear warmup from 0 to `lr`, then constant (the release: 10k)
     weight_decay: float = 0.01     # AdamW's default
     betas: tuple = (0.9, 0.999)    # AdamW's default
-    grad_clip: float = 1.0         # clip the global gradient norm (the release: 1.0)
+    grad_clip: float = 1.0         # clip the global gradient norm (the release: 1.0; math.inf: no clipping)
     label_smoothing: float = 0.1   # cross-entropy label smoothing (the release: 0.1)
     min_val: float = 0.3           # loss weight of a kept token at t = 0 (replaced tokens weigh 1)
-    t_min: float = 1e-3            # t ~ U(t_min, 1]: never train on a clean grid
     dropout: CFGDropout = field(default_factory=CFGDropout)   # classifier-free-guidance dropout (chapter 04)
     ema_decay: float = 0.0         # keep an exponential moving average of the weights (0 = off; try 0.999)
     precision: str = 'auto'        # 'fp32' | 'bf16' | 'fp16' | 'auto' (= bf16 on GPUs that have it, else fp16; fp32 on CPU)
     seed: int = 0                  # seeds the data order and all training randomness
     log_every: int = 10            # steps between history entries (and progress-bar updates)
     ckpt_every: int = 500          # steps between checkpoints (0: only at the end); needs out_dir
+    keep_last: int = 3             # checkpoints kept on disk (the newest; all of them good)
     sample_every: int = 0          # steps between sample grids (0: never); needs sample_fn
     device: str = 'auto'           # 'auto' = cuda if available, else cpu
+
+    # the fields that may change when a run is resumed (they do not change the numbers); a subclass extends it
+    RESUME_FREE: ClassVar[tuple] = ('steps', 'log_every', 'ckpt_every', 'keep_last', 'sample_every', 'device')
 
     def __post_init__(self):
         if isinstance(self.dropout, dict): self.dropout = CFGDropout(**self.dropout)
         self.betas = tuple(self.betas)
-        for k in ('steps', 'batch_size'):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
-                raise ValueError(f"TrainConfig.{k} must be an int >= 1, got {getattr(self, k)!r}.")
-        for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every'):
-            if not isinstance(getattr(self, k), int) or getattr(self, k) < 0:
-                raise ValueError(f"TrainConfig.{k} must be an int >= 0, got {getattr(self, k)!r}.")
-        if not self.lr > 0: raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}.")
-        if not 0 <= self.ema_decay < 1: raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}.")
-        if not 0 < self.t_min <= 1: raise ValueError(f"TrainConfig.t_min must be in (0, 1], got {self.t_min}.")
-        if self.precision not in ('auto', 'fp32', 'bf16', 'fp16'):
-            raise ValueError(f"TrainConfig.precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {self.precision!r}.")
+        _check_train_config(self)
+
+    def to_dict(self) -> dict:
+        "The config as plain JSON-able data (what a checkpoint stores)."
+        return json.loads(json.dumps(asdict(self), default=str))
 
     @classmethod
     def tiny(cls, **kw) -> 'TrainConfig':
         "A few-second CPU run for CI and quick experiments (tiny U-Net, shapes tokens)."
         return cls(**{**dict(steps=60, batch_size=16, lr=2e-3, warmup_steps=10, log_every=5, ckpt_every=0), **kw})
 
-# the fields that may change when a run is resumed (they do not affect the numbers)
-RESUME_FREE = ('steps', 'log_every', 'ckpt_every', 'sample_every', 'device')
+def _flat(d: dict, prefix: str = '') -> dict:
+    "{'data': {'lanes': 2}} → {'data.lanes': 2}"
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out |= _flat(v, f'{prefix}{k}.')
+        else: out[prefix + k] = v
+    return out
+
+def check_resume(saved: dict | None, cfg: TrainConfig, path) -> list[str]:
+    """Refuse (ValueError) to resume the checkpoint at `path`, made with the config `saved` (a `to_dict()`), under
+    `cfg` if they differ in a field that changes the numbers; return the fields that differ harmlessly. A field
+    (or any dotted prefix of it, such as `data` for `data.lanes`) is harmless if it is in `type(cfg).RESUME_FREE`."""
+    if saved is None:
+        raise ValueError(f"{path} holds no training config, so it cannot be resumed exactly; start a new run "
+                         "(load_checkpoint still restores its weights).")
+    a, b, free = _flat(saved), _flat(cfg.to_dict()), type(cfg).RESUME_FREE
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    harmless = [k for k in changed if any(k == f or k.startswith(f + '.') for f in free)]
+    bad = [k for k in changed if k not in harmless]
+    if bad:
+        raise ValueError(f"{path} was written by a run with another {type(cfg).__name__} ("
+                         + '; '.join(f"{k}: {a.get(k)!r} (checkpoint) vs {b.get(k)!r} (now)" for k in bad)
+                         + f"). An exact resume needs the same config (only {', '.join(free)} may change); "
+                         "or use a new out_dir.")
+    return harmless
 
 # %% ../nbs/06_training.ipynb #3a7f1310
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -340,48 +372,38 @@ class TrainResult:
     history: dict                 # per log interval: step, loss, acc_noised, acc_all, lr, seconds
     step: int                     # optimizer steps done (over all resumed parts of the run)
     ema: nn.Module | None = None  # the EMA copy of the weights, if cfg.ema_decay > 0
-    checkpoint: Path | None = None
+    checkpoint: Path | None = None   # the newest checkpoint of the run
     samples: list = field(default_factory=list)   # (step, images) from sample_fn
     precision: str = 'fp32'
 
-def _check_resume_config(saved: dict | None, cfg: TrainConfig, where):
-    now = json.loads(json.dumps(asdict(cfg)))
-    saved = saved or {}
-    diff = [f"{k}: {saved.get(k)!r} (checkpoint) vs {now[k]!r} (now)" for k in now
-            if k not in RESUME_FREE and saved.get(k) != now[k]]
-    if diff:
-        raise ValueError(f"{where} was written by a run with another TrainConfig ({'; '.join(diff)}). An exact resume "
-                         f"needs the same config (only {', '.join(RESUME_FREE)} may change); or use a new out_dir.")
+def _mean(logged: list[dict]) -> dict:
+    "Averages since the last log line: a NaN loss shows, a NaN accuracy (no replaced token in a batch) is skipped."
+    st = {k: torch.stack([r[k] for r in logged]).float() for k in logged[0]}           # [n] each
+    return dict(loss=st['loss'].mean().item(), acc_noised=st['acc_noised'].nanmean().item(),
+                acc_all=st['acc_all'].mean().item())
 
-def _save_grid(images, path):
-    from paella_nb.data import to_pil
-    ims = to_pil(images) if torch.is_tensor(images) else list(images)
-    n = len(ims); cols = min(8, n); rows = math.ceil(n / cols); w, h = ims[0].size
-    from PIL import Image
-    grid = Image.new('RGB', (cols * w, rows * h), 'white')
-    for i, im in enumerate(ims): grid.paste(im, ((i % cols) * w, (i // cols) * h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: grid.save(tmp, format='PNG'))
+def _sample(sample_fn, model, step, out_dir):
+    "`sample_fn(model, step)` between saving and restoring every random generator: looking must not change the run."
+    rng, was = _rng_state(), model.training
+    model.eval()
+    with torch.no_grad(): images = sample_fn(model, step)
+    model.train(was); _set_rng_state(*rng)
+    if out_dir is not None:
+        grid = image_grid(images)
+        atomic_write(Path(out_dir) / 'samples' / f'step_{step:06d}.png', lambda tmp: grid.save(tmp, format='PNG'))
+    return images
 
 def train(model: nn.Module, data: TokenData, cfg: TrainConfig | None = None, conditioner=None, *,
           out_dir=None, resume: bool = False, stop_after: int | None = None,
           sample_fn: Callable | None = None, progress: bool = True) -> TrainResult:
     """Train `model` (a `Paella`) on `data` with `cfg`. With `out_dir`, checkpoints go to
-    `out_dir/checkpoint.safetensors` (every `cfg.ckpt_every` steps and at the end) and sample grids to
-    `out_dir/samples/`. `resume=True` continues that run exactly where its last checkpoint stopped.
-    `stop_after=k` stops after step k as if the run had been killed there (then resume it).
+    `out_dir/checkpoints/step_XXXXXXXX.safetensors` (every `cfg.ckpt_every` steps and at the end; the newest
+    `cfg.keep_last` are kept) and sample grids to `out_dir/samples/`. `resume=True` continues that run exactly where
+    its last checkpoint stopped. `stop_after=k` stops after step k as if the run had been killed there.
     `sample_fn(model, step)` → images `[B,3,H,W]` in [0,1] (or PIL list), called every `cfg.sample_every` steps
     without disturbing the training randomness."""
-    from tqdm.auto import tqdm
     cfg = cfg or TrainConfig()
-    if not isinstance(data, TokenData): raise TypeError(f"data must be a TokenData, got {type(data).__name__}.")
-    if data.captions is not None and conditioner is None:
-        raise ValueError("data has captions, so train needs conditioner=Conditioner(...) to encode them "
-                         "(or precompute them into TokenData(cond=..., uncond=...)).")
-    K = _unwrap(model).num_labels
-    if int(data.tokens.max()) >= K or int(data.tokens.min()) < 0:
-        raise ValueError(f"token ids range over [{int(data.tokens.min())}, {int(data.tokens.max())}] but the model has "
-                         f"num_labels={K}: build the U-Net with num_labels = the VQGAN's codebook_size.")
+    _check_train_args(model, data, cfg, conditioner, out_dir, resume)
     device = torch.device(('cuda' if torch.cuda.is_available() else 'cpu') if cfg.device == 'auto' else cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device).train()
@@ -389,35 +411,29 @@ def train(model: nn.Module, data: TokenData, cfg: TrainConfig | None = None, con
     sched = warmup_schedule(opt, cfg.warmup_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == 'fp16')    # fp16 needs loss scaling; bf16 not
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay else None
-    ckpt = Path(out_dir) / 'checkpoint.safetensors' if out_dir is not None else None
     history = {k: [] for k in ('step', 'loss', 'acc_noised', 'acc_all', 'lr', 'seconds')}
-    step = 0
-    if resume and ckpt is None: raise ValueError("resume=True needs out_dir: the folder holding the run's checkpoint.")
-    if ckpt is not None and ckpt.exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt} already exists: pass resume=True to continue that run, or choose a new out_dir.")
-        _check_resume_config(read_checkpoint(ckpt, tensors=False)[1]['extra'].get('train_config'), cfg, ckpt)
-        meta = load_checkpoint(ckpt, model, opt, sched, ema=ema, scaler=scaler)   # also restores every RNG
+    step, last, folder = 0, None, None if out_dir is None else Path(out_dir) / 'checkpoints'
+    if out_dir is not None:
+        remove_stale_temps(folder)                                             # what killed saves left behind
+        last = latest_checkpoint(out_dir)
+    if last is not None:                                                       # resume=True (checked above)
+        check_resume(read_checkpoint(last, tensors=False)[1]['extra'].get('config'), cfg, last)
+        meta = load_checkpoint(last, model, opt, sched, ema=ema, scaler=scaler)   # also restores every RNG
         step, history = meta['step'], meta['extra']['history']
     else:
         torch.manual_seed(cfg.seed); np.random.seed(cfg.seed); random.seed(cfg.seed)
 
-    def checkpoint():
-        save_checkpoint(ckpt, model, opt, sched, step, dict(train_config=asdict(cfg), history=history),
-                        ema=ema, scaler=scaler)
-
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    result = TrainResult(history, step, ema, ckpt, precision=precision)
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc='train', leave=True)
-    acc_keys = ('loss', 'acc_noised', 'acc_all')
-    sums, counts, n_steps, t0, saved_at = {}, {}, 0, time.perf_counter(), step
+    result = TrainResult(history, step, ema, last, precision=precision)
+    bar = progress_bar(total=cfg.steps, initial=step, desc='train', disable=not progress, leave=True)
+    logged, unsaved, t0 = [], 0.0, time.perf_counter()         # unsaved: the sum of the losses since the last save
     elapsed = history['seconds'][-1] if history['seconds'] else 0.0
     while step < end:
         idx = batch_indices(step, len(data), cfg.batch_size, cfg.seed)
         tokens = data.tokens[idx].to(device)                                   # [B, h, w]
         inputs = batch_inputs(data, idx, conditioner, cfg.dropout, device)
         with autocast(device, precision):
-            loss, acc = training_step(model, tokens, inputs, cfg)
+            loss, logits, mask = training_step(model, tokens, inputs, cfg)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)                                                   # clip the true gradients
@@ -425,33 +441,25 @@ def train(model: nn.Module, data: TokenData, cfg: TrainConfig | None = None, con
         scaler.step(opt); scaler.update(); sched.step()
         if ema is not None: ema_update(ema, model, cfg.ema_decay)
         step += 1
+        logged.append(dict(loss=loss.detach(), **paella_accuracy(logits, tokens, mask)))   # 0-d tensors: no sync
+        unsaved = unsaved + loss.detach()
 
-        for k, v in (('loss', loss.detach()), *acc.items()):                   # running sums, no GPU sync
-            ok = ~torch.isnan(v)
-            sums[k] = sums.get(k, 0) + torch.where(ok, v, 0); counts[k] = counts.get(k, 0) + ok
-        n_steps += 1
         if step % max(1, cfg.log_every) == 0 or step == end:
-            row = {k: (sums[k] / counts[k]).item() if counts[k] else float('nan') for k in acc_keys}
-            if not math.isfinite(row['loss']):
-                raise FloatingPointError(f"the loss became {row['loss']} at step {step}; the last good checkpoint "
-                                         f"is {ckpt if ckpt and saved_at else 'not written (no out_dir)'}. Lower lr or use fp32.")
+            row = _mean(logged)
+            if not math.isfinite(row['loss']): raise _diverged(f"the loss became {row['loss']}", step, folder)
             elapsed += time.perf_counter() - t0; t0 = time.perf_counter()
             for k, v in dict(step=step, **row, lr=sched.get_last_lr()[0], seconds=round(elapsed, 3)).items():
                 history[k].append(v)
-            bar.update(n_steps); n_steps = 0; sums, counts = {}, {}
+            bar.update(len(logged)); logged = []
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc_noised=f"{row['acc_noised']:.3f}")
         if sample_fn is not None and cfg.sample_every and step % cfg.sample_every == 0:
-            rng = _rng_state()                                                 # sampling must not shift training
-            m = ema if ema is not None else model
-            m.eval()
-            with torch.no_grad(): images = sample_fn(m, step)
-            model.train(); _set_rng_state(*rng)
-            result.samples.append((step, images))
-            if out_dir is not None: _save_grid(images, Path(out_dir) / 'samples' / f'step_{step:06d}.png')
-        if ckpt is not None and cfg.ckpt_every and step % cfg.ckpt_every == 0:
-            checkpoint(); saved_at = step
+            result.samples.append((step, _sample(sample_fn, ema if ema is not None else model, step, out_dir)))
+        if out_dir is not None and (step == end or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+            result.checkpoint = save_checkpoint(checkpoint_path(out_dir, step), model, opt, sched, step,
+                                                dict(config=cfg.to_dict(), history=history), ema=ema,
+                                                scaler=scaler, loss=unsaved)   # refuses NaN/inf: all kept ones are good
+            prune_checkpoints(out_dir, cfg.keep_last); unsaved = 0.0
     bar.close()
-    if ckpt is not None and saved_at != step: checkpoint()
     result.step, result.history = step, history
     return result
 
@@ -471,3 +479,81 @@ def plot_history(history: dict, ax=None, title: str | None = None):
     if title: ax.set_title(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/06_training.ipynb #d9dacb5f
+def _check_loss_inputs(logits, target, t, mask):
+    if not torch.is_tensor(logits) or logits.dim() != 4:
+        raise ValueError(f"logits must be a [B, num_labels, H, W] tensor, got "
+                         f"{list(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}.")
+    B, K, H, W = logits.shape
+    if not torch.is_tensor(target) or tuple(target.shape) != (B, H, W):
+        raise ValueError(f"target must be the clean token ids [B, H, W] = {[B, H, W]} matching the logits, got "
+                         f"{list(target.shape) if torch.is_tensor(target) else type(target).__name__}.")
+    if target.dtype != torch.long: raise TypeError(f"target must hold int64 token ids, got {target.dtype}.")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= K):
+        raise ValueError(f"target ids must lie in [0, {K}) (the logits have {K} classes), got min {int(target.min())}, "
+                         f"max {int(target.max())}: build the U-Net with num_labels = the VQGAN's codebook_size.")
+    if not torch.is_tensor(mask) or mask.shape != target.shape:
+        raise ValueError(f"mask must be shaped like target {[B, H, W]} (1 = replaced), got "
+                         f"{list(mask.shape) if torch.is_tensor(mask) else type(mask).__name__}.")
+    if not torch.is_tensor(t) or tuple(t.shape) != (B,):
+        raise ValueError(f"t must be a [B] = [{B}] tensor of noise levels, got "
+                         f"{list(t.shape) if torch.is_tensor(t) else type(t).__name__}.")
+
+def _check_token_data(d):
+    if not torch.is_tensor(d.tokens) or d.tokens.dtype != torch.long or d.tokens.dim() != 3:
+        raise TypeError(f"tokens must be an int64 tensor [N, h, w], got "
+                        f"{(d.tokens.dtype, list(d.tokens.shape)) if torch.is_tensor(d.tokens) else type(d.tokens).__name__}.")
+    n = len(d.tokens)
+    if (d.captions is None) == (d.cond is None):
+        raise ValueError("give either captions=[...] (encoded by a Conditioner during training) or "
+                         "cond={...} (precomputed U-Net inputs), not both and not neither.")
+    if d.captions is not None:
+        if isinstance(d.captions, str) or len(d.captions) != n:
+            raise ValueError(f"captions must be a list of {n} strings (one per token grid), got "
+                             f"{'a single string' if isinstance(d.captions, str) else len(d.captions)}.")
+        return
+    if 'byt5' not in d.cond: raise ValueError("cond needs at least the 'byt5' text states [N, L, D].")
+    for k, v in d.cond.items():
+        if v is not None and len(v) != n: raise ValueError(f"cond[{k!r}] has {len(v)} rows but there are {n} token grids.")
+    if d.uncond is None or 'byt5' not in d.uncond:
+        raise ValueError("precomputed cond needs uncond={'byt5': [1, L0, D], ...}: the inputs of the empty "
+                         "prompt, used for classifier-free-guidance dropout (conditioner.unconditional(1)).")
+
+def _check_train_config(cfg):
+    "Every numeric field of a TrainConfig (or a subclass) is a real number in its range: no NaN, inf or bool slips in."
+    name = type(cfg).__name__
+    def need(ok, k, what):
+        if not ok: raise ValueError(f"{name}.{k} must be {what}, got {getattr(cfg, k)!r}.")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    for k in ('steps', 'batch_size', 'keep_last'): need(is_int(getattr(cfg, k)) and getattr(cfg, k) >= 1, k, 'an int >= 1')
+    for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every'):
+        need(is_int(getattr(cfg, k)) and getattr(cfg, k) >= 0, k, 'an int >= 0')
+    need(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, 'seed', 'an int in [0, 2**32)')
+    need(is_num(cfg.lr) and 0 < cfg.lr < math.inf, 'lr', 'a finite number > 0')
+    need(is_num(cfg.weight_decay) and 0 <= cfg.weight_decay < math.inf, 'weight_decay', 'a finite number >= 0')
+    need(len(cfg.betas) == 2 and all(is_num(b) and 0 <= b < 1 for b in cfg.betas), 'betas', 'two numbers in [0, 1)')
+    need(is_num(cfg.grad_clip) and cfg.grad_clip > 0, 'grad_clip', 'a number > 0 (math.inf: no clipping)')
+    need(is_num(cfg.label_smoothing) and 0 <= cfg.label_smoothing < 1, 'label_smoothing', 'a number in [0, 1)')
+    need(is_num(cfg.min_val) and 0 <= cfg.min_val <= 1, 'min_val', 'a number in [0, 1]')
+    need(is_num(cfg.ema_decay) and 0 <= cfg.ema_decay < 1, 'ema_decay', 'a number in [0, 1) (0: no EMA)')
+    need(cfg.precision in ('auto', 'fp32', 'bf16', 'fp16'), 'precision', "'auto', 'fp32', 'bf16' or 'fp16'")
+    try: ok = cfg.device == 'auto' or bool(torch.device(cfg.device).type)
+    except (RuntimeError, TypeError): ok = False
+    need(ok, 'device', "'auto' or a torch device such as 'cpu' or 'cuda:0'")
+
+def _check_train_args(model, data, cfg, conditioner, out_dir, resume):
+    if not all(hasattr(data, k) for k in ('tokens', 'captions', 'cond', 'uncond')):   # a TokenData
+        raise TypeError(f"data must be a TokenData, got {type(data).__name__}.")
+    if data.captions is not None and conditioner is None:
+        raise ValueError("data has captions, so train needs conditioner=Conditioner(...) to encode them "
+                         "(or precompute them into TokenData(cond=..., uncond=...)).")
+    K = unwrap(model).num_labels
+    if int(data.tokens.max()) >= K or int(data.tokens.min()) < 0:
+        raise ValueError(f"token ids range over [{int(data.tokens.min())}, {int(data.tokens.max())}] but the model has "
+                         f"num_labels={K}: build the U-Net with num_labels = the VQGAN's codebook_size.")
+    if resume and out_dir is None: raise ValueError("resume=True needs out_dir: the folder holding the run's checkpoints.")
+    last = latest_checkpoint(out_dir) if out_dir is not None else None
+    if last is not None and not resume:
+        raise FileExistsError(f"{last} already exists: pass resume=True to continue that run, or choose a new out_dir.")

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from .noising import add_noise as _add_noise, get_loss_weight as _get_loss_weight
 from .data import atomic_write
-from .vqgan import check_state_dict as check_keys, read_state_dict   # chapter 02's checkpoint reading
+from .vqgan import check_state_dict, read_state_dict, save_weights   # chapter 02's checkpoint reading
 
 # %% auto #0
 __all__ = ['PAELLA_V3', 'PAELLA_TINY', 'LayerNorm2d', 'GlobalResponseNorm', 'ResBlock', 'r_embedding', 'TimestepBlock',
            'sdpa_attention', 'reweighted_attention', 'Attention2D', 'AttnBlock', 'FeedForwardBlock', 'PaellaConfig',
-           'Paella', 'blog_attn_weights', 'check_state_dict', 'load_state_dict_file', 'load_paella', 'save_paella']
+           'Paella', 'blog_attn_weights', 'load_paella', 'save_paella']
 
 # %% ../nbs/05_unet.ipynb #4c972c47
 class LayerNorm2d(nn.LayerNorm):
@@ -161,7 +161,7 @@ class FeedForwardBlock(nn.Module):
 # %% ../nbs/05_unet.ipynb #12beab7d
 @dataclass
 class PaellaConfig:
-    "Constructor arguments of `Paella` (defaults = the original class defaults)."
+    "Constructor arguments of `Paella`, and its defaults (the original class's): `Paella(**asdict(cfg))`."
     c_in: int = 256                 # token embedding width (in_mapper)
     c_out: int = 256                # width before the logits layer (out_mapper)
     num_labels: int = 8192          # codebook size of the VQGAN
@@ -183,26 +183,20 @@ PAELLA_V3 = PaellaConfig(byt5_embd=2560)   # the released paella_v3.pt: 1,008,35
 PAELLA_TINY = PaellaConfig(c_in=32, c_out=32, num_labels=512, c_r=64, c_cond=64, c_hidden=[32, 64, 64],
                            nhead=[-1, 4, 4], blocks=[1, 2, 1], level_config=['CT', 'CTA', 'CTA'],
                            clip_embd=48, byt5_embd=40, clip_seq_len=4)  # 525,408 parameters
+_D = PaellaConfig()                         # where Paella.__init__ takes its defaults from
 
 # %% ../nbs/05_unet.ipynb #92bf95b1
 class Paella(nn.Module):
     """The Paella v3 U-Net: noised token ids `[B, H, W]` + noise level `r` `[B]` + text condition → logits
     `[B, num_labels, H, W]`. Same module tree and state-dict keys as the original `Paella` class;
     `Paella(byt5_embd=2560)` is the released `paella_v3.pt`."""
-    def __init__(self, c_in=256, c_out=256, num_labels=8192, c_r=64, patch_size=2, c_cond=1024,
-                 c_hidden=[640, 1280, 1280], nhead=[-1, 16, 16], blocks=[6, 16, 6],
-                 level_config=['CT', 'CTA', 'CTA'], clip_embd=1024, byt5_embd=1536, clip_seq_len=4,
-                 kernel_size=3, dropout=0.1, self_attn=True):
+    def __init__(self, c_in=_D.c_in, c_out=_D.c_out, num_labels=_D.num_labels, c_r=_D.c_r, patch_size=_D.patch_size,
+                 c_cond=_D.c_cond, c_hidden=_D.c_hidden, nhead=_D.nhead, blocks=_D.blocks, level_config=_D.level_config,
+                 clip_embd=_D.clip_embd, byt5_embd=_D.byt5_embd, clip_seq_len=_D.clip_seq_len,
+                 kernel_size=_D.kernel_size, dropout=_D.dropout, self_attn=_D.self_attn):   # defaults: PaellaConfig
         super().__init__()
+        _check_config(c_hidden, nhead, blocks, level_config)
         n = len(c_hidden)
-        if not (len(nhead) == len(blocks) == len(level_config) == n):
-            raise ValueError(f"c_hidden, nhead, blocks and level_config need one entry per level; got lengths "
-                             f"{n}, {len(nhead)}, {len(blocks)}, {len(level_config)}.")
-        for i, cfg in enumerate(level_config):
-            if set(cfg) - set('CTAF'):
-                raise ValueError(f"level_config[{i}]={cfg!r}: only the letters C, T, A, F are known.")
-            if 'A' in cfg and (nhead[i] <= 0 or c_hidden[i] % nhead[i]):
-                raise ValueError(f"level {i} has attention but nhead={nhead[i]} does not divide c_hidden={c_hidden[i]}.")
         self.config = dict(c_in=c_in, c_out=c_out, num_labels=num_labels, c_r=c_r, patch_size=patch_size,
                            c_cond=c_cond, c_hidden=list(c_hidden), nhead=list(nhead), blocks=list(blocks),
                            level_config=list(level_config), clip_embd=clip_embd, byt5_embd=byt5_embd,
@@ -331,10 +325,7 @@ class Paella(nn.Module):
         [0, 1]), ByT5 states `byt5` `[B, L, byt5_embd]`, optional pooled CLIP text `clip` `[B, clip_embd]` and CLIP
         image embedding(s) `clip_image` (`[B, clip_embd]` or a list of them). `attn_weights` (`[n]` or `[B, n]`)
         multiplies the attention probabilities of the last `n` condition tokens in every attention block."""
-        if self.validate_inputs:
-            r = self._check_inputs(x, r, byt5, clip, clip_image, attn_weights)
-        elif not torch.is_tensor(r):
-            r = torch.full((x.shape[0],), float(r), device=x.device)
+        r = _check_forward(self, x, r, byt5, clip, clip_image, attn_weights)  # [B] floats (guard rails, chapter end)
         r_embed = self.gen_r_embedding(r)                             # [B, c_r]
         c_embed = self.gen_c_embeddings(byt5, clip, clip_image)       # [B, L', c_cond]
         x = self.embedding(self.in_mapper(x).permute(0, 3, 1, 2))     # [B, H, W, c_in] -> [B, c_hidden[0], H/p, W/p]
@@ -351,6 +342,52 @@ class Paella(nn.Module):
         "`noising.get_loss_weight`: 1 on replaced tokens, `1 - (1-t)(1-min_val)` on kept ones."
         return _get_loss_weight(t, mask, min_val)
 
+# %% ../nbs/05_unet.ipynb #f0af7449
+def blog_attn_weights(byt5_len: int, image_weight: float = 0.4, other_weight: float = 1.2, n_image_tokens: int = 4):
+    "The blog's reweighting vector: `byt5_len` weights for the last keys, the last `n_image_tokens` (CLIP image) at `image_weight`."
+    w = torch.full((byt5_len,), other_weight)
+    w[-n_image_tokens:] = image_weight
+    return w
+
+# %% ../nbs/05_unet.ipynb #106d024e
+_HINTS = {'byt5_mapper.weight': lambda s: f"byt5_embd={s[1]}", 'in_mapper.0.weight': lambda s: f"num_labels={s[0]}",
+          'clip_mapper.weight': lambda s: f"clip_embd={s[1]}"}
+
+def _config_hint(model: nn.Module, state_dict: dict, where: str) -> str:
+    "The `Paella` arguments that would make a mis-shaped checkpoint fit (a hint for chapter 02's `check_state_dict`)."
+    want = model.state_dict()
+    fix = [_HINTS[k](list(v.shape)) for k, v in state_dict.items()
+           if k in _HINTS and k in want and tuple(v.shape) != tuple(want[k].shape)]
+    return f"the {where} was made for another configuration; build the model with {', '.join(fix)}." if fix else ''
+
+def load_paella(path_or_state_dict, dtype=None, device='cpu', **config) -> Paella:
+    """Build `Paella(**config)` on the meta device and load weights strictly with `assign=True` (no fp32 copy when
+    `dtype=torch.bfloat16`). Accepts a path (.pt/.pth raw or `{'state_dict':...}`, .safetensors) or a state dict.
+    For the released `paella_v3.pt` pass `byt5_embd=2560` (or `**asdict(PAELLA_V3)`). Returns the model in eval mode."""
+    sd, meta = read_state_dict(path_or_state_dict, dtype)                    # chapter 02: mmap, per-tensor cast
+    config = {**(meta.get('config') or {}), **config}
+    with torch.device('meta'):
+        model = Paella(**config)
+    where = 'state dict' if isinstance(path_or_state_dict, dict) else f"checkpoint {path_or_state_dict}"
+    check_state_dict(model, sd, where, hint=_config_hint(model, sd, where))
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left: raise ValueError(f"these tensors were not loaded: {left}")
+    return model.to(device).eval()
+
+def save_paella(model: Paella, path):
+    """Save weights (+ the constructor config) to `.safetensors` (config in the metadata) or `.pt`
+    (`{'state_dict','config'}`), atomically (chapter 01's `atomic_write`)."""
+    if Path(path).suffix == '.safetensors': return save_weights(path, model.state_dict(), metadata={'config': model.config})
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: torch.save({'state_dict': sd, 'config': model.config}, tmp))
+
+def _from_checkpoint(cls, path, dtype=None, device='cpu', **config):
+    "Same as `load_paella`: build on meta, strict-load `path` (no fp32 copy), optionally cast to `dtype`."
+    return load_paella(path, dtype=dtype, device=device, **config)
+
+Paella.from_checkpoint = classmethod(_from_checkpoint)
+
 # %% ../nbs/05_unet.ipynb #346e9f01
 def _fail(msg): raise ValueError(msg)
 
@@ -358,8 +395,21 @@ def _is_compiling():
     try: return torch.compiler.is_compiling()
     except AttributeError: return False
 
-def _check_inputs(self, x, r, byt5, clip, clip_image, attn_weights):
-    "Check the inputs of `Paella.forward`; return `r` as a `[B]` tensor."
+def _check_config(c_hidden, nhead, blocks, level_config):
+    n = len(c_hidden)
+    if not (len(nhead) == len(blocks) == len(level_config) == n):
+        raise ValueError(f"c_hidden, nhead, blocks and level_config need one entry per level; got lengths "
+                         f"{n}, {len(nhead)}, {len(blocks)}, {len(level_config)}.")
+    for i, cfg in enumerate(level_config):
+        if set(cfg) - set('CTAF'):
+            raise ValueError(f"level_config[{i}]={cfg!r}: only the letters C, T, A, F are known.")
+        if 'A' in cfg and (nhead[i] <= 0 or c_hidden[i] % nhead[i]):
+            raise ValueError(f"level {i} has attention but nhead={nhead[i]} does not divide c_hidden={c_hidden[i]}.")
+
+def _check_forward(self, x, r, byt5, clip, clip_image, attn_weights) -> torch.Tensor:
+    "Check the inputs of `Paella.forward` (unless `self.validate_inputs` is False); return `r` as a float `[B]` tensor."
+    if not self.validate_inputs:
+        return r if torch.is_tensor(r) else torch.full((x.shape[0],), float(r), device=x.device)
     if not torch.is_tensor(x) or x.dtype != torch.long:
         raise TypeError(f"x must be an int64 (torch.long) tensor of token ids [B, H, W], got "
                         f"{x.dtype if torch.is_tensor(x) else type(x).__name__}.")
@@ -401,71 +451,14 @@ def _check_inputs(self, x, r, byt5, clip, clip_image, attn_weights):
         if lo < 0 or hi >= self.num_labels:
             _fail(f"token ids must lie in [0, {self.num_labels}) for num_labels={self.num_labels}, got min {int(lo)}, "
                   f"max {int(hi)}. Was the VQGAN's codebook size different from the U-Net's num_labels?")
-        if r.is_floating_point() and ((r < 0) | (r > 1)).any():
-            _fail(f"r must lie in [0, 1] (1 = all tokens random), got min {r.min().item():.4g}, max {r.max().item():.4g}.")
+        if r.is_floating_point() and ((r < 0) | (r > 1) | r.isnan()).any():
+            _fail(f"r must lie in [0, 1] (1 = all tokens random), got min {r.min().item():.4g}, max {r.max().item():.4g}"
+                  f"{' and NaN' if r.isnan().any() else ''}.")
+        for name, c in [('byt5', byt5), ('clip', clip)] + [('clip_image', ci) for ci in
+                                                           (clip_image if isinstance(clip_image, (list, tuple)) else [clip_image])]:
+            if c is not None and not torch.isfinite(c).all():
+                _fail(f"{name} holds NaN or inf values, which would make every logit NaN. Check the encoder that made "
+                      f"it (an fp16 text encoder can overflow: run it in bf16 or fp32).")
     if not r.is_floating_point():
         r = r.float()
     return r
-
-Paella._check_inputs = _check_inputs
-
-# %% ../nbs/05_unet.ipynb #f0af7449
-def blog_attn_weights(byt5_len: int, image_weight: float = 0.4, other_weight: float = 1.2, n_image_tokens: int = 4):
-    "The blog's reweighting vector: `byt5_len` weights for the last keys, the last `n_image_tokens` (CLIP image) at `image_weight`."
-    w = torch.full((byt5_len,), other_weight)
-    w[-n_image_tokens:] = image_weight
-    return w
-
-# %% ../nbs/05_unet.ipynb #106d024e
-_HINTS = {'byt5_mapper.weight': lambda s: f"byt5_embd={s[1]}", 'in_mapper.0.weight': lambda s: f"num_labels={s[0]}",
-          'clip_mapper.weight': lambda s: f"clip_embd={s[1]}"}
-
-def check_state_dict(model: nn.Module, state_dict: dict, what: str = 'checkpoint'):
-    """Chapter 02's `check_state_dict` (missing, unexpected and mis-shaped keys in plain words), plus the `Paella`
-    arguments that would make a mis-shaped checkpoint fit. A no-op when everything fits."""
-    want = model.state_dict()
-    fix = [_HINTS[k](list(v.shape)) for k, v in state_dict.items()
-           if k in _HINTS and k in want and tuple(v.shape) != tuple(want[k].shape)]
-    check_keys(model, state_dict, what, hint=f"the {what} was made for another configuration; build the model with "
-                                             f"{', '.join(fix)}." if fix else '')
-
-def load_state_dict_file(path, dtype=None):
-    """Chapter 02's `read_state_dict` for a file (`.safetensors`, or a memory-mapped `weights_only` pickle, raw or
-    `{'state_dict', 'config'}`), floating tensors cast to `dtype` one at a time. Returns `(state_dict, config or None)`."""
-    sd, meta = read_state_dict(Path(path), dtype)
-    config = meta.get('config')
-    return sd, json.loads(config) if isinstance(config, str) else config
-
-def load_paella(path_or_state_dict, dtype=None, device='cpu', **config) -> Paella:
-    """Build `Paella(**config)` on the meta device and load weights strictly with `assign=True` (no fp32 copy when
-    `dtype=torch.bfloat16`). Accepts a path (.pt/.pth raw or `{'state_dict':...}`, .safetensors) or a state dict.
-    For the released `paella_v3.pt` pass `byt5_embd=2560` (or `**asdict(PAELLA_V3)`). Returns the model in eval mode."""
-    if isinstance(path_or_state_dict, dict):
-        sd, saved = path_or_state_dict, None
-        if dtype is not None: sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    else:
-        sd, saved = load_state_dict_file(path_or_state_dict, dtype)
-    config = {**(saved or {}), **config}
-    with torch.device('meta'):
-        model = Paella(**config)
-    check_state_dict(model, sd, what=f"checkpoint {path_or_state_dict}" if not isinstance(path_or_state_dict, dict)
-                     else 'state dict')
-    model.load_state_dict(sd, strict=True, assign=True)
-    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
-    if left: raise ValueError(f"these tensors were not loaded: {left}")
-    return model.to(device).eval()
-
-def save_paella(model: Paella, path):
-    """Save weights (+ the constructor config) to `.safetensors` (config in the metadata) or `.pt`
-    (`{'state_dict','config'}`), atomically (chapter 01's `atomic_write`)."""
-    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if Path(path).suffix == '.safetensors':
-        from safetensors.torch import save_file
-        return atomic_write(path, lambda tmp: save_file(sd, str(tmp), metadata={'config': json.dumps(model.config)}))
-    return atomic_write(path, lambda tmp: torch.save({'state_dict': sd, 'config': model.config}, tmp))
-
-def _from_checkpoint(cls, path, dtype=None, device='cpu', **config):
-    "Same as `load_paella`: build on meta, strict-load `path` (no fp32 copy), optionally cast to `dtype`."
-    return load_paella(path, dtype=dtype, device=device, **config)
-
-Paella.from_checkpoint = classmethod(_from_checkpoint)

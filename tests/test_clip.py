@@ -128,3 +128,31 @@ def test_contrastive_loss_multi_positive():
     t = a.clone(); t[1] = t[0]
     loss_dup = contrastive_loss(a, t, torch.tensor(10.), ids)
     assert torch.isfinite(loss_dup)
+
+
+@pytest.mark.parametrize('payload', [
+    {'pretrained': 'evil.pt', 'weights_only': False},                               # extra keys: never passed on
+    'VISION_TIMM',                                                                   # a timm tower (downloads / other code)
+    'TEXT_HF',                                                                       # a Hugging Face text tower
+    'NOT_INT',
+])
+def test_config_file_is_read_as_data(tmp_path, payload):
+    "The JSON beside the weights is checked against the keys a ClipConfig writes before open_clip ever sees it."
+    import json
+    m = build_clip(TINY_CLIP).eval()
+    p = save_small_clip(m, TINY_CLIP, tmp_path / 'evil.safetensors')
+    cfg = json.loads(p.with_suffix('.json').read_text())
+    if payload == 'VISION_TIMM': cfg['vision_cfg'].update(timm_model_name='vit_tiny_patch16_224', timm_model_pretrained=True)
+    elif payload == 'TEXT_HF': cfg['text_cfg'].update(hf_model_name='evil/model', hf_tokenizer_name='evil/model')
+    elif payload == 'NOT_INT': cfg['embed_dim'] = 32.5
+    else: cfg.update(payload)
+    p.with_suffix('.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match='evil.json'): load_small_clip(p)
+    p.with_suffix('.json').write_text('{not json')
+    with pytest.raises(ValueError, match='not valid JSON'): load_small_clip(p)
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    p = save_small_clip(build_clip(TINY_CLIP).eval(), TINY_CLIP, tmp_path / 'cut.safetensors')
+    p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(ValueError, match='cut.safetensors'): load_small_clip(p)

@@ -101,11 +101,18 @@ def test_text_encoder_save_load_roundtrip(byt5, tmp_path):
     torch.testing.assert_close(again.encode(CAPS), byt5.encode(CAPS))
 
 
-def test_save_without_weights(byt5, tmp_path):
+def test_save_without_weights(byt5, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="save_weights=True"):
         byt5.save_pretrained(tmp_path, save_weights=False)  # built in code: no hub name to refer to
     byt5.model.save_pretrained(tmp_path / "hf")
-    ByT5Encoder(str(tmp_path / "hf")).save_pretrained(tmp_path / "ref", save_weights=False)
+    with pytest.raises(ValueError, match="save_weights=True"):   # read from a folder: a reference to it would point outside
+        ByT5Encoder(str(tmp_path / "hf")).save_pretrained(tmp_path / "ref", save_weights=False)
+    # a hub name is recorded and loaded by name (offline here: the hub download is replaced by the local copy)
+    from transformers import T5EncoderModel
+    real = T5EncoderModel.from_pretrained
+    monkeypatch.setattr(T5EncoderModel, "from_pretrained",
+                        classmethod(lambda cls, src, **kw: real(str(tmp_path / "hf")) if src == "google/byt5-small" else real(src, **kw)))
+    ByT5Encoder("google/byt5-small").save_pretrained(tmp_path / "ref", save_weights=False)
     assert os.listdir(tmp_path / "ref") == ["text_encoder.json"]
     torch.testing.assert_close(text_encoder_from_pretrained(tmp_path / "ref").encode(CAPS), byt5.encode(CAPS))
 
@@ -303,3 +310,94 @@ def test_conditioner_save_load_roundtrip(byt5, clip, tmp_path):
     a, b = cond(CAPS, imgs), again(CAPS, imgs)
     for k in a: torch.testing.assert_close(a[k], b[k])
     with pytest.raises(FileNotFoundError): Conditioner.from_pretrained(tmp_path / "nope")
+
+
+# --- pipeline folders are data (issue: a folder must never run code) -------------------------------------------------
+import pickle
+
+
+class _Payload:
+    "Unpickling this creates a marker file: proof that code from the folder ran."
+    def __init__(self, marker): self.marker = str(marker)
+    def __reduce__(self): return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(folder, marker, name="evil.pt"):
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "wb") as f: pickle.dump(_Payload(marker), f)
+    return folder / name
+
+
+def _each_refused(path, payloads, load):
+    "Write each (JSON, key) payload to `path`: `load()` must refuse it with a ValueError naming the file and the key."
+    for data, key in payloads:
+        path.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=f"{path.name}.*'{key}'"): load()
+
+
+def test_clip_source_json_cannot_load_a_pickle(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _plant(tmp_path / "clip", marker)
+    _each_refused(tmp_path / "clip" / "clip_source.json",
+                  [(dict(name="ViT-B-32", pretrained=str(evil), weights_only=False), "weights_only"),
+                   (dict(name="ViT-B-32", pretrained=str(evil)), "pretrained"),
+                   (dict(name="../evil", pretrained=None), "name")], lambda: ClipEncoder.from_pretrained(tmp_path / "clip"))
+    assert not marker.exists()
+
+
+def test_open_clip_folder_weights_only_from_safetensors(clip, tmp_path):
+    marker = tmp_path / "pwned"
+    clip.save_pretrained(tmp_path / "c")
+    (tmp_path / "c" / "open_clip_model.safetensors").unlink()                  # only a pickle left beside the config
+    _plant(tmp_path / "c", marker, "open_clip_pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="open_clip_model.safetensors"):
+        ClipEncoder.from_pretrained(tmp_path / "c")
+    cfg = json.loads((tmp_path / "c" / "open_clip_config.json").read_text())
+    m = cfg["model_cfg"]
+    _each_refused(tmp_path / "c" / "open_clip_config.json",
+                  [({**cfg, "model_cfg": {**m, "text_cfg": {**m["text_cfg"], "hf_tokenizer_name": "evil/tok"}}}, "hf_tokenizer_name"),
+                   ({**cfg, "model_cfg": {**m, "text_cfg": {**m["text_cfg"], "tokenizer_kwargs": {"trust_remote_code": True}}}},
+                    "tokenizer_kwargs"),
+                   ({**cfg, "model_cfg": {**m, "vision_cfg": {**m["vision_cfg"], "timm_model_pretrained": True}}}, "timm_model_pretrained"),
+                   ({**cfg, "pretrained": "evil.pt"}, "pretrained")], lambda: ClipEncoder.from_pretrained(tmp_path / "c"))
+    assert not marker.exists()
+
+
+def test_text_encoder_folder_is_data(byt5, tmp_path):
+    marker = tmp_path / "pwned"
+    byt5.save_pretrained(tmp_path / "te")
+    te = json.loads((tmp_path / "te" / "text_encoder.json").read_text())
+    hf = json.loads((tmp_path / "te" / "config.json").read_text())
+    # an unknown key, a wrong type, a source that is a local path
+    load = lambda: text_encoder_from_pretrained(tmp_path / "te")
+    _each_refused(tmp_path / "te" / "text_encoder.json",
+                  [({**te, "trust_remote_code": True}, "trust_remote_code"), ({**te, "max_length": "768"}, "max_length")], load)
+    (tmp_path / "te" / "text_encoder.json").write_text(json.dumps(te))
+    _each_refused(tmp_path / "te" / "config.json", [({**hf, "auto_map": {"AutoModel": "evil.EvilModel"}}, "auto_map")], load)
+    (tmp_path / "te" / "config.json").write_text(json.dumps(hf))
+    (tmp_path / "te" / "model.safetensors").unlink()
+    _plant(tmp_path / "te", marker, "pytorch_model.bin")                       # weights only as a pickle: refused
+    with pytest.raises(FileNotFoundError, match="model.safetensors"): text_encoder_from_pretrained(tmp_path / "te")
+    ref = tmp_path / "ref"; ref.mkdir()
+    for source in [str(tmp_path / "te"), "../te", "/etc"]:
+        (ref / "text_encoder.json").write_text(json.dumps({**te, "source": source}))
+        with pytest.raises(ValueError, match="'source' must be a hub model id"): text_encoder_from_pretrained(ref)
+    (ref / "text_encoder.json").write_text(json.dumps(dict(type="minilm", max_length=32, trainable=False,
+                                                           mask_padding=True, dim=384, path=str(tmp_path / "te"))))
+    with pytest.raises(ValueError, match="'path' must be null"): text_encoder_from_pretrained(ref)
+    assert not marker.exists()
+
+
+def test_missing_or_broken_folders_name_the_file(byt5, tmp_path):
+    cond = Conditioner(byt5)
+    cond.save_pretrained(tmp_path / "cond")
+    import shutil
+    shutil.rmtree(tmp_path / "cond" / "text_encoder")
+    with pytest.raises(FileNotFoundError, match="text encoder folder .*text_encoder"):
+        Conditioner.from_pretrained(tmp_path / "cond")
+    (tmp_path / "cond" / "conditioner.json").write_text("{not json")
+    with pytest.raises(ValueError, match="conditioner.json is not valid JSON"):
+        Conditioner.from_pretrained(tmp_path / "cond")
+    (tmp_path / "cond" / "conditioner.json").write_text(json.dumps(dict(text_encoder={}, clip=None, cache=False, code="x")))
+    with pytest.raises(ValueError, match="conditioner.json.*'code'"):
+        Conditioner.from_pretrained(tmp_path / "cond")

@@ -1,5 +1,6 @@
 "Data sets: determinism, splits, caching and bad input (chapter 01)."
 import os
+import torch
 import numpy as np
 import pytest
 from paella_nb.data import (shapes_dataset, emoji_dataset, shapes_sample, to_tensor, to_pil, images_tensor,
@@ -68,3 +69,82 @@ def test_tensor_helpers():
     assert len(to_pil(x)) == 3
     with pytest.raises(ValueError, match='empty'): to_tensor([])
     with pytest.raises(FileNotFoundError, match='reinstall'): data_path('no_such_file.bin')
+
+
+# ------------------------------------------------------------------ verified cache (a changed file is rebuilt)
+def _cache_folder(tmp_path):
+    (d,) = (tmp_path/'datasets').iterdir()
+    return d
+
+
+def test_edited_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv('PAELLA_NB_CACHE', str(tmp_path))
+    good = list(shapes_dataset(20, seed=5)['caption'])
+    d = _cache_folder(tmp_path)
+    (arrow,) = d.glob('*.arrow')
+    data, cap = arrow.read_bytes(), good[0].encode()
+    assert data.count(cap) >= 1
+    arrow.write_bytes(data.replace(cap, b'A' + cap[1:], 1))                  # same length: Arrow still reads it
+    with pytest.warns(UserWarning, match=r'shapes-.*data-00000-of-00001\.arrow does not match its checksum'):
+        again = list(shapes_dataset(20, seed=5)['caption'])
+    assert again == good and [p.name for p in (tmp_path/'datasets').iterdir()] == [d.name]
+    import warnings
+    with warnings.catch_warnings(): warnings.simplefilter('error'); shapes_dataset(20, seed=5)   # verified: silent
+
+
+def test_cache_without_checksums_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv('PAELLA_NB_CACHE', str(tmp_path))
+    shapes_dataset(8, seed=1)
+    d = _cache_folder(tmp_path)
+    (d/'paella_nb_checksums.json').unlink()
+    with pytest.warns(UserWarning, match='paella_nb_checksums.json'): shapes_dataset(8, seed=1)
+    assert (d/'paella_nb_checksums.json').exists()
+
+
+# ------------------------------------------------------------------ the shared tools: files, grids, switches
+from paella_nb.data import (atomic_write, atomic_dir, remove_stale_temps, is_temp_name, TEMP_PREFIX, image_grid,
+                            progress, run_slow)
+
+
+def test_atomic_write_leaves_old_file_or_new(tmp_path):
+    f = atomic_write(tmp_path/'sub'/'a.txt', lambda tmp: tmp.write_text('old'))
+    def dies(tmp): tmp.write_text('half'); raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): atomic_write(f, dies)
+    assert f.read_text() == 'old' and os.listdir(f.parent) == ['a.txt']
+    seen = []
+    atomic_write(f, lambda tmp: (seen.append(tmp.name), tmp.write_text('new')))
+    assert f.read_text() == 'new' and is_temp_name(seen[0]) and seen[0].startswith(TEMP_PREFIX)
+
+
+def test_atomic_dir_replaces_or_keeps(tmp_path):
+    target = tmp_path/'model'
+    with atomic_dir(target) as tmp: (tmp/'w').write_text('1')
+    with atomic_dir(target) as tmp: (tmp/'w').write_text('2'); (tmp/'extra').write_text('x')
+    assert sorted(os.listdir(target)) == ['extra', 'w'] and (target/'w').read_text() == '2'
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp: (tmp/'w').write_text('3'); raise RuntimeError('crash')
+    assert (target/'w').read_text() == '2' and os.listdir(tmp_path) == ['model']
+
+
+def test_remove_stale_temps_only_ours(tmp_path):
+    ours = tmp_path/f'{TEMP_PREFIX}new-123-0123abcd-ckpt.safetensors'; ours.write_text('left by kill -9')
+    ours_dir = tmp_path/f'{TEMP_PREFIX}new-123-89abcdef-pipeline'; ours_dir.mkdir(); (ours_dir/'x').write_text('x')
+    moved = tmp_path/f'{TEMP_PREFIX}old-123-00000000-pipe2'; moved.mkdir(); (moved/'w').write_text('only copy')
+    keep = [tmp_path/'.ckpt.safetensors.tmp123', tmp_path/'notes.tmp', tmp_path/'ckpt.safetensors']
+    for p in keep: p.write_text('not ours')
+    assert remove_stale_temps(tmp_path) == []                                 # all young: a save may be running
+    removed = remove_stale_temps(tmp_path, older_than_s=0)
+    assert sorted(p.name for p in removed) == sorted([ours.name, ours_dir.name, moved.name])
+    assert all(p.exists() for p in keep) and (tmp_path/'pipe2'/'w').read_text() == 'only copy'   # restored
+    assert not is_temp_name('ckpt.safetensors') and not is_temp_name('.x.tmp1')
+
+
+def test_image_grid_and_switches(monkeypatch):
+    x = torch.rand(10, 3, 8, 6)
+    assert image_grid(x).size == (8 * 6, 2 * 8) and image_grid(to_pil(x[:3]), ncols=1, scale=2).size == (12, 48)
+    with pytest.raises(ValueError, match='no images'): image_grid([])
+    monkeypatch.delenv('IN_TEST', raising=False)
+    assert run_slow(False) is False and run_slow(True) is True
+    monkeypatch.setenv('IN_TEST', '1'); assert run_slow(False) is True
+    bar = progress(total=3, disable=True); bar.update(3); bar.close()
+    assert list(progress([1, 2], desc='x', disable=True)) == [1, 2]

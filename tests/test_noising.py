@@ -90,6 +90,8 @@ def test_schedules():
     (lambda x: add_noise(x, 0.5, 64, mask=torch.ones(2, 4, 4)), ValueError, 'mask'),
     (lambda x: add_noise(x, 0.5, 64, random_x=x[:1]), ValueError, 'random_x'),
     (lambda x: add_noise(x, 0.5, 64, random_x=x.float()), ValueError, 'random_x'),
+    (lambda x: add_noise(x, float('nan'), 64), ValueError, 'NaN'),                 # would silently add no noise
+    (lambda x: add_noise(x, torch.tensor([0.5, float('nan')]), 64), ValueError, r'NaN at batch positions \[1\]'),
 ])
 def test_bad_input(call, exc, pattern):
     x = torch.randint(0, 64, (2, 8, 8))

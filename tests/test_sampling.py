@@ -1,5 +1,6 @@
-"Sampling: reproducible seeds, schedules, img2img / keep-mask, bad input, the pipeline, the widget and the CLI."
-import os
+"Sampling: the loop, reproducible seeds, schedules, img2img / keep-mask, bad input, the pipeline, the widget and the CLI."
+import json, os
+from pathlib import Path
 from dataclasses import asdict
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -9,7 +10,9 @@ import torch
 
 import paella_nb.sampling as S
 from paella_nb.conditioning import ByT5Encoder, Conditioner
-from paella_nb.sampling import PaellaPipeline, sample, sample_cli
+from paella_nb.cli import sample_cli
+from paella_nb.noising import sampling_timesteps
+from paella_nb.sampling import PaellaPipeline, sample, sampler_loop
 from paella_nb.unet import Paella, PAELLA_TINY
 from paella_nb.vqgan import VQModel
 
@@ -53,6 +56,39 @@ def test_same_seed_same_tokens_other_seed_other_tokens(parts):
     assert a.shape == (2, 8, 8) and a.dtype == torch.long and int(a.max()) < K
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(torch.get_rng_state(), state)              # the global generator is never used
+
+
+FROZEN = Path(__file__).parent / 'data' / 'sample_tokens_frozen.json'
+
+
+def test_same_tokens_as_before_the_loop_was_factored_out(parts):
+    "`sample` built around `sampler_loop` draws exactly the tokens the earlier one-piece `sample` drew (recorded)."
+    unet, _, cond = parts
+    x, u = cond(['a red circle', 'a blue square']), cond.unconditional(2)
+    init = torch.randint(0, K, (2, 8, 8), generator=torch.Generator().manual_seed(11))
+    keep = torch.zeros(8, 8, dtype=torch.bool); keep[2:6, 2:6] = True
+    cases = {'default': dict(seed=1), 'schedules': dict(seed=2, steps=5, cfg=(6.0, 2.0), temperature=(1.0, 0.2)),
+             'no_cfg': dict(seed=3, cfg=1.0, steps=4), 'renoise3': dict(seed=4, steps=6, renoise_steps=3),
+             'img2img': dict(seed=5, init_tokens=init, t_start=0.6, steps=8),
+             'keep': dict(seed=6, init_tokens=init, keep_mask=keep), 'attn': dict(seed=7, attn_weights=torch.full((3,), 1.5))}
+    frozen = json.loads(FROZEN.read_text())
+    for name, kw in cases.items():
+        out, inter = sample(unet, x, (2, 8, 8), u, return_intermediates=True, **kw)
+        assert out.flatten().tolist() == frozen[name]['tokens'], name
+        assert (int(inter['inputs'].sum()), int(inter['preds'].sum())) == (frozen[name]['inputs_sum'], frozen[name]['preds_sum']), name
+
+
+def test_sampler_loop_is_the_blog_loop(parts):
+    "The loop alone, called the blog's way (global generator), is what `sample` runs: same draws from the same state."
+    unet, _, cond = parts
+    x, u = inputs(cond)
+    g = torch.Generator().manual_seed(9)
+    noise = torch.randint(0, K, (2, 8, 8), generator=g)
+    got = sampler_loop(unet, noise, x, u, sampling_timesteps(6), torch.linspace(0.7, 0.3, 6), [3.0] * 6, generator=g)
+    assert torch.equal(got, sample(unet, x, (2, 8, 8), u, steps=6, cfg=3.0, seed=torch.Generator().manual_seed(9)))
+    torch.manual_seed(0); a = sampler_loop(unet, torch.randint(0, K, (2, 8, 8)), x, None, sampling_timesteps(3), [1.0] * 3, [1] * 3)
+    torch.manual_seed(0); b = sampler_loop(unet, torch.randint(0, K, (2, 8, 8)), x, None, sampling_timesteps(3), [1.0] * 3, [1] * 3)
+    assert torch.equal(a, b) and a.shape == (2, 8, 8)
 
 
 def test_seed_none_follows_global_seed(parts):
@@ -116,6 +152,12 @@ def test_img2img_and_keep_mask(parts):
     (dict(t_start=0.0, init_tokens=torch.zeros(2, 8, 8, dtype=torch.long)), ValueError, 't_start must be'),
     (dict(keep_mask=torch.ones(8, 8)), ValueError, 'pass init_tokens'),
     (dict(init_tokens=torch.zeros(2, 4, 4, dtype=torch.long)), ValueError, 'init_tokens must have'),
+    (dict(cfg=float('nan')), ValueError, 'cfg must be a finite number'),
+    (dict(cfg=(1.0, float('inf'))), ValueError, 'cfg must be a finite number'),
+    (dict(temperature=1e-38), ValueError, 'smallest sensible value is 0.0001'),
+    (dict(temperature=float('nan')), ValueError, 'temperature must be a finite'),
+    (dict(seed=2**70), ValueError, r'seed must be an int in \[0, 2\*\*64 - 1\]'),
+    (dict(seed='7'), TypeError, 'seed must be an int'),
 ])
 def test_bad_input(parts, kw, err, msg):
     unet, _, cond = parts
@@ -178,6 +220,8 @@ def test_widget_callback(pipe):
     ui, generate = S.sampler_widget(pipe, prompt='a red circle')
     ims = generate()
     assert len(ims) == 4
+    ui, generate = S.sampler_widget({'one': pipe, 'two': pipe}, prompt='a red circle', scale=4)
+    assert ui.children[0].children[0].options == ('one', 'two') and len(generate()) == 4
 
 
 def test_cli(pipe, tmp_path, capsys):

@@ -10,8 +10,9 @@ import torch
 
 from paella_nb.conditioning import CFGDropout, Conditioner, ByT5Encoder
 from paella_nb.noising import add_noise
-from paella_nb.training import (TokenData, TrainConfig, atomic_write, batch_indices, load_checkpoint, paella_accuracy,
-                                paella_loss, read_checkpoint, save_checkpoint, train)
+from paella_nb.data import atomic_write
+from paella_nb.training import (TokenData, TrainConfig, batch_indices, check_resume, latest_checkpoint, load_checkpoint,
+                                paella_accuracy, paella_loss, read_checkpoint, save_checkpoint, train, training_step, unwrap)
 from paella_nb.unet import Paella, PAELLA_TINY
 
 K = PAELLA_TINY.num_labels
@@ -66,6 +67,7 @@ def test_accuracy_counts_replaced_tokens_only():
     (dict(t=torch.rand(3)), 't must be a [B]'),
     (dict(mask=torch.zeros(2, 8)), 'mask must be'),
     (dict(logits=torch.zeros(2, K, 8)), 'logits must be'),
+    (dict(target=torch.full((2, 8, 8), K)), 'target ids must lie in'),
 ])
 def test_loss_bad_input(bad, msg):
     args = dict(logits=torch.zeros(2, K, 8, 8), target=torch.zeros(2, 8, 8, dtype=torch.long), t=torch.rand(2),
@@ -106,7 +108,7 @@ def test_resume_is_bit_exact(tmp_path, per_sample):
                            dropout=CFGDropout(0.3, 0.9, 0.9, per_sample=per_sample))
     a = tiny_unet(); ra = train(a, data, cfg, out_dir=tmp_path / 'a', progress=False)
     b = tiny_unet(); train(b, data, cfg, out_dir=tmp_path / 'b', stop_after=8, progress=False)
-    assert read_checkpoint(tmp_path / 'b' / 'checkpoint.safetensors')[1]['step'] == 8
+    assert read_checkpoint(latest_checkpoint(tmp_path / 'b'))[1]['step'] == 8
     c = tiny_unet(seed=99)                                         # a different init: everything comes from the file
     rc = train(c, data, cfg, out_dir=tmp_path / 'b', resume=True, progress=False)
     assert rc.step == ra.step == 16
@@ -127,7 +129,7 @@ def test_resume_after_a_crash(tmp_path):
     b = tiny_unet()
     with pytest.raises(KeyboardInterrupt):
         train(b, data, cfg, out_dir=tmp_path / 'b', progress=False, sample_fn=crash_at_10)
-    assert read_checkpoint(tmp_path / 'b' / 'checkpoint.safetensors')[1]['step'] == 8
+    assert read_checkpoint(latest_checkpoint(tmp_path / 'b'))[1]['step'] == 8
     c = tiny_unet()
     train(c, data, cfg, out_dir=tmp_path / 'b', resume=True, progress=False, sample_fn=lambda m, s: torch.rand(2, 3, 8, 8))
     assert same_weights(a, c)
@@ -216,6 +218,10 @@ def test_bad_data_and_config():
     with pytest.raises(ValueError, match='steps'): TrainConfig(steps=0)
     with pytest.raises(ValueError, match='precision'): TrainConfig(precision='fp8')
     with pytest.raises(ValueError, match='ema_decay'): TrainConfig(ema_decay=1.0)
+    for bad in [dict(grad_clip=float('nan')), dict(label_smoothing=5), dict(lr=float('inf')), dict(lr=0), dict(steps=True),
+                dict(betas=(0.9, float('nan'))), dict(min_val=-0.1), dict(weight_decay=float('nan')), dict(seed=-1),
+                dict(keep_last=0), dict(batch_size=2.5), dict(device='nonsense')]:
+        with pytest.raises(ValueError, match=f"TrainConfig.{next(iter(bad))} must be"): TrainConfig(**bad)
     with pytest.raises(ValueError, match='conditioner'): train(tiny_unet(), TokenData(toks, captions=['a'] * 4))
     big = TokenData(toks + K, cond={'byt5': torch.zeros(4, 2, 40)}, uncond={'byt5': torch.zeros(1, 1, 40)})
     with pytest.raises(ValueError, match='num_labels'): train(tiny_unet(), big, TrainConfig.tiny(), progress=False)
@@ -226,3 +232,25 @@ def test_batch_indices_epochs():
     ep = torch.cat([batch_indices(s, n, bs, seed=4) for s in range(3)])
     assert len(set(ep.tolist())) == 9
     assert len(batch_indices(0, 2, 5)) == 5                        # fewer images than a batch: repeat
+
+
+def test_training_step_and_unwrap():
+    "The one step: (loss, logits, mask); unwrap finds the model in DDP-like (.module) and compiled (._orig_mod) wrappers."
+    model = tiny_unet(); data = random_data(n=4)
+    torch.manual_seed(0)
+    loss, logits, mask = training_step(model, data.tokens, {'byt5': data.cond['byt5']}, TrainConfig.tiny())
+    assert loss.dim() == 0 and logits.shape == (4, K, 8, 8) and mask.shape == (4, 8, 8) and mask.dtype == torch.long
+    wrapped = torch.nn.Module(); wrapped.module = torch.nn.Module(); wrapped.module._orig_mod = model
+    assert unwrap(wrapped) is model and unwrap(model) is model
+
+
+def test_check_resume_declares_free_fields_once():
+    saved = TrainConfig.tiny().to_dict()
+    assert check_resume(saved, TrainConfig.tiny(steps=99, keep_last=5), 'ck') == ['keep_last', 'steps']
+    with pytest.raises(ValueError, match='dropout.byt5'):
+        check_resume(saved, TrainConfig.tiny(dropout=CFGDropout(0.5, 0.9, 0.9)), 'ck')
+    with pytest.raises(ValueError, match='no training config'): check_resume(None, TrainConfig.tiny(), 'ck')
+
+    class Sub(TrainConfig):                                           # a subclass (like FullConfig) extends the list
+        RESUME_FREE = TrainConfig.RESUME_FREE + ('lr',)
+    assert check_resume(saved, Sub(**{**TrainConfig.tiny().__dict__, 'lr': 1.0}), 'ck') == ['lr']

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from paella_nb.unet import (Paella, PaellaConfig, PAELLA_V3, PAELLA_TINY, AttnBlock, load_paella, save_paella,
-                            check_state_dict, blog_attn_weights)
+                            blog_attn_weights)
+from paella_nb.vqgan import check_state_dict
 
 DATA = Path(__file__).resolve().parent.parent / 'data'
 
@@ -63,6 +64,9 @@ def test_class_defaults_are_the_original_ones():
                                           c_hidden=[640, 1280, 1280], nhead=[-1, 16, 16], blocks=[6, 16, 6],
                                           level_config=['CT', 'CTA', 'CTA'], clip_embd=1024, byt5_embd=1536,
                                           clip_seq_len=4, kernel_size=3, dropout=0.1, self_attn=True)
+    import inspect                                              # one source of truth: Paella's defaults are PaellaConfig's
+    defaults = {k: p.default for k, p in inspect.signature(Paella.__init__).parameters.items() if k != 'self'}
+    assert defaults == asdict(PaellaConfig())
     with torch.device('meta'):
         m = Paella()
     assert m.byt5_mapper.in_features == 1536 and m.num_labels == 8192 and m.latent_multiple == 8
@@ -172,25 +176,15 @@ def test_train_mode_dropout_runs(tiny):
 
 # ---- noising helpers / sampler ----------------------------------------------------------------------------------
 def test_blog_sampler_runs(tiny):
+    "The blog's 12-line loop (exported as `sampling.sampler_loop`) runs on the tiny U-Net."
+    from paella_nb.sampling import sampler_loop
     inp = inputs()
     cond = dict(byt5=inp['byt5'], clip=inp['clip'])
     uncond = dict(byt5=torch.zeros(2, 1, PAELLA_TINY.byt5_embd), clip=torch.zeros_like(inp['clip']))
-    model, steps, renoise_steps, cfg, temperature, latent_shape = tiny, 3, 2, 8.0, (0.7, 0.3), (2, 16, 16)
-    with torch.inference_mode():   # the blog's 12 lines
-        sampled = torch.randint(0, model.num_labels, size=latent_shape)
-        initial_noise = sampled.clone()
-        timesteps = torch.linspace(1.0, 0.0, steps + 1)
-        temperatures = torch.linspace(temperature[0], temperature[1], steps)
-        for i, t in enumerate(timesteps[:steps]):
-            t = torch.ones(latent_shape[0]) * t
-            logits = model(sampled, t, **cond)
-            if cfg:
-                logits = logits * cfg + model(sampled, t, **uncond) * (1 - cfg)
-            sampled = logits.div(temperatures[i]).softmax(dim=1).permute(0, 2, 3, 1).reshape(-1, logits.size(1))
-            sampled = torch.multinomial(sampled, 1)[:, 0].view(logits.size(0), *logits.shape[2:])
-            if i < renoise_steps:
-                t_next = torch.ones(latent_shape[0]) * timesteps[i + 1]
-                sampled = model.add_noise(sampled, t_next, random_x=initial_noise)[0]
+    steps, latent_shape = 3, (2, 16, 16)
+    x = torch.randint(0, tiny.num_labels, size=latent_shape)
+    sampled = sampler_loop(tiny, x, cond, uncond, torch.linspace(1.0, 0.0, steps + 1), torch.linspace(0.7, 0.3, steps),
+                           [8.0] * steps, renoise_steps=2)
     assert sampled.shape == latent_shape and sampled.dtype == torch.long
 
 
@@ -254,6 +248,11 @@ def test_load_wrong_config_lists_keys(tiny, tmp_path):
     (lambda i: dict(clip=torch.randn(2, 47)), r'clip must be .* \[2, 48\]'),
     (lambda i: dict(clip_image=[torch.randn(2, 48), torch.randn(3, 48)]), r'clip_image must be'),
     (lambda i: dict(attn_weights=torch.ones(15)), r'last n <= 14 condition tokens'),
+    (lambda i: dict(byt5=i['byt5'] * float('nan')), r'byt5 holds NaN or inf'),
+    (lambda i: dict(clip=i['clip'] / 0), r'clip holds NaN or inf'),
+    (lambda i: dict(clip_image=[i['clip_image'], i['clip_image'] * float('nan')]), r'clip_image holds NaN or inf'),
+    (lambda i: dict(r=torch.tensor([0.5, float('nan')])), r'r must lie in \[0, 1\].*NaN'),
+    (lambda i: dict(r=float('nan')), r'r must lie in \[0, 1\]'),
 ])
 def test_bad_input_value_errors(tiny, change, pattern):
     inp = inputs()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from paella_nb.vqgan import (VQModel, VectorQuantizer, strict_load, load_vqgan, save_vqgan, read_state_dict,
+from paella_nb.vqgan import (VQModel, VectorQuantizer, load_weights, save_weights, check_state_dict, load_vqgan, save_vqgan, read_state_dict,
                              config_from_state_dict, train_vqgan, code_usage, psnr, small_vqgan, SMALL_VQGAN_CONFIG,
                              patch_kmeans, kmeans_reconstruct, patchify, unpatchify)
 
@@ -34,13 +34,13 @@ def test_released_checkpoint_strict_loads_on_meta():
     assert m.codebook_size == 8192 and m.vquantizer.codebook.weight.shape == (8192, 4)
 
 
-def test_released_checkpoint_through_strict_load_and_inferred_config():
+def test_released_checkpoint_through_load_weights_and_inferred_config():
     keys = key_list('vqgan_f4_keys.txt')
     sd = meta_state_dict(keys)
     assert config_from_state_dict(sd) == dict(levels=2, bottleneck_blocks=12, c_hidden=384, c_latent=4,
                                               codebook_size=8192, scale_factor=0.3764)
     with torch.device('meta'): m = VQModel()
-    strict_load(m, sd, assign=True)
+    load_weights(m, sd)                                                       # meta model: assigned, no copy
 
 
 def test_tiny_config_key_list():
@@ -106,14 +106,15 @@ def test_unet_and_diffusers_checkpoints_are_named():
     with pytest.raises(ValueError, match='diffusers'): load_vqgan({'vquantizer.embedding.weight': torch.zeros(8, 4)})
 
 
-def test_strict_load_hints_and_generic_use():
+def test_load_weights_hints_and_generic_use():
     lin = torch.nn.Linear(3, 2)
     sd = {'module.' + k: v for k, v in lin.state_dict().items()}
-    with pytest.raises(ValueError, match="strip that prefix"): strict_load(lin, sd)
-    with pytest.raises(ValueError, match=r"checkpoint\['state_dict'\]"): strict_load(lin, {'state_dict': lin.state_dict()})
+    with pytest.raises(ValueError, match="strip that prefix"): check_state_dict(lin, sd)
+    with pytest.raises(ValueError, match=r"checkpoint\['state_dict'\]"): check_state_dict(lin, {'state_dict': lin.state_dict()})
+    load_weights(lin, sd); load_weights(lin, {'state_dict': sd})                # the reader strips both
     with pytest.raises(ValueError, match=r'weight: \[2, 4\] in the weights, but \[2, 3\]'):
-        strict_load(lin, {'weight': torch.zeros(2, 4), 'bias': torch.zeros(2)}, what='weights')
-    strict_load(lin, {'weight': torch.ones(2, 3), 'bias': torch.zeros(2)})
+        load_weights(lin, {'weight': torch.zeros(2, 4), 'bias': torch.zeros(2)}, where='weights')
+    load_weights(lin, {'weight': torch.ones(2, 3), 'bias': torch.zeros(2)})
     assert lin.weight.sum() == 6
 
 
@@ -137,6 +138,31 @@ def test_pt_formats(tmp_path, tiny, wrap):
     torch.save(wrap(tiny.state_dict()), p)
     m2 = load_vqgan(p)
     assert all(torch.equal(a, b) for a, b in zip(tiny.state_dict().values(), m2.state_dict().values()))
+
+
+def test_weights_api_round_trip_and_dtype(tmp_path):
+    lin = torch.nn.Linear(3, 2)
+    p = save_weights(tmp_path / 'w.safetensors', lin.state_dict(), metadata={'config': {'n': 3}, 'note': 'hi'})
+    sd, meta = read_state_dict(p, dtype=torch.bfloat16)
+    assert meta == {'config': {'n': 3}, 'note': 'hi'} and sd['weight'].dtype == torch.bfloat16
+    assert sorted(os.listdir(tmp_path)) == ['w.safetensors']                   # no temp file left
+    with torch.device('meta'): m = torch.nn.Linear(3, 2)
+    assert torch.equal(load_weights(m, p).weight, lin.weight)                  # a meta model gets real tensors
+    tied = {'a': torch.ones(2), 'b': None}; tied['b'] = tied['a']              # shared memory is copied, not refused
+    assert torch.equal(read_state_dict(save_weights(tmp_path / 't.safetensors', tied))[0]['b'], torch.ones(2))
+    with pytest.raises(ValueError, match='safetensors'): save_weights(tmp_path / 'w.pt', lin.state_dict())
+
+
+def test_broken_weight_files_name_the_file(tmp_path):
+    good = save_weights(tmp_path / 'good.safetensors', torch.nn.Linear(3, 2).state_dict()).read_bytes()
+    torch.save(torch.nn.Linear(3, 2).state_dict(), tmp_path / 'good.pt')
+    cases = {'truncated.safetensors': good[:len(good) // 2], 'empty.safetensors': b'', 'empty.pt': b'',
+             'text.pt': b'hello', 'truncated.pt': (tmp_path / 'good.pt').read_bytes()[:300]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValueError, match=f'(?s){name}.*(save it again|not a state dict)'): read_state_dict(tmp_path / name)
+    torch.save(torch.zeros(3), tmp_path / 'tensor.pt')
+    with pytest.raises(ValueError, match='tensor.pt holds a Tensor'): load_vqgan(tmp_path / 'tensor.pt')
 
 
 class _Evil:
@@ -231,3 +257,15 @@ def test_small_vqgan_round_trip():
     ids = m.encode_indices(x)
     assert ids.shape == (64, 8, 8) and ids.max() < 1024
     assert psnr(m.decode_indices(ids), x) > 30
+
+
+def test_ship_small_vqgan_is_explicit_and_checked(tmp_path, monkeypatch, tiny):
+    import paella_nb.vqgan as V
+    from paella_nb.vqgan import ship_small_vqgan
+    data = tmp_path / 'data'; data.mkdir(); run = tmp_path / 'run'
+    monkeypatch.setattr(V, 'data_path', lambda name='': data / name)
+    save_vqgan(tiny, run / 'small_vqgan.safetensors'); (run / 'small_vqgan.json').write_text('{"shipped": {}}')
+    assert ship_small_vqgan(run) == data / '' and load_vqgan(data / 'small_vqgan.safetensors').config == tiny.config
+    (run / 'small_vqgan.safetensors').write_bytes(b'')                        # a broken run is refused
+    with pytest.raises(ValueError, match='small_vqgan.safetensors'): ship_small_vqgan(run)
+    assert load_vqgan(data / 'small_vqgan.safetensors').config == tiny.config

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_small_data.ipynb #3b391a1a
 from __future__ import annotations
-import hashlib, json, math, os, time, warnings
+import hashlib, json, time, warnings
 from dataclasses import dataclass, field, asdict
 from functools import lru_cache
 from pathlib import Path
@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from .data import (COLORS, SHAPES, SIZES, POSITIONS, render_scene, shapes_dataset, emoji_dataset,
-                            images_tensor, cache_dir)
+                            images_tensor, cache_dir, write_json, progress)
+from .vqgan import save_weights, read_state_dict
 from .training import TokenData, TrainConfig, TrainResult, train
-from .conditioning import Conditioner, MiniLMEncoder, ByT5Encoder, ClipEncoder
+from .conditioning import Conditioner, MiniLMEncoder, ByT5Encoder, ClipEncoder, pad_stack
 from .unet import Paella
 from .sampling import PaellaPipeline, models_dir
 
@@ -54,8 +55,7 @@ def read_shape(image: torch.Tensor, min_ink: float = 0.25) -> dict:
     """Read one single-object image `[3, H, W]` in [0, 1]. `color`: the palette colour that explains the ink best;
     `shape`, `size`, `position`: the best-overlapping (soft IoU) of the 54 drawings the data set can make; also `iou`
     (how well that drawing fits) and `purity` (share of the ink in the chosen colour). Blank → all None."""
-    if not torch.is_tensor(image) or image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"read_shape wants one image [3, H, W], got {getattr(image, 'shape', type(image))}; loop over a batch.")
+    _check_image(image)
     H, W = image.shape[-2:]
     ink = (1 - image.detach().float().cpu()).permute(1, 2, 0)                    # [H, W, 3], 0 = white
     strength = ink.max(-1).values                                               # [H, W]
@@ -125,10 +125,8 @@ class IndexedRows:
     """`table[index[i]]` for row i: a table of distinct entries (one per caption) that looks like an `[N, ...]`
     tensor to the training loop (`len`, `rows[idx]`, `shape`), without storing N copies."""
     def __init__(self, table: torch.Tensor, index: torch.Tensor):
-        if index.ndim != 1: raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}.")
-        if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(table)):
-            raise ValueError(f"index points outside the table of {len(table)} rows.")
-        self.table, self.index = table, index.long()
+        _check_index(table, index)
+        self.table, self.index = table, index.long()                            # [U, ...], [N]
     def __len__(self): return len(self.index)
     def __getitem__(self, idx): return self.table[self.index[idx]]
     @property
@@ -136,11 +134,16 @@ class IndexedRows:
     def __repr__(self): return f"IndexedRows({len(self.index)} rows over a table {tuple(self.table.shape)})"
 
 def fingerprint(module: nn.Module) -> str:
-    "A short hash of a module's weights (it names the token cache, so another tokenizer never reuses it)."
+    "A short hash of a module's weights (part of the token cache's key, so another tokenizer never reuses it)."
     h = hashlib.sha1()
     for k, v in sorted(module.state_dict().items()):
         h.update(k.encode()); h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:12]
+
+def _sha1(x: torch.Tensor) -> str:
+    "Hash of a tensor's shape, dtype and bytes."
+    h = hashlib.sha1(f'{tuple(x.shape)} {x.dtype}'.encode()); h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 @torch.no_grad()
 def encode_images(vqgan, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -148,18 +151,17 @@ def encode_images(vqgan, images: torch.Tensor, batch_size: int = 500) -> torch.T
     vqgan.eval()
     return torch.cat([vqgan.encode_indices(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]).long()
 
-def cached_tokens(vqgan, images: torch.Tensor, name: str, cache: bool = True) -> torch.Tensor:
-    """`encode_images`, remembered on disk under `cache_dir('tokens')` by data-set `name` and tokenizer fingerprint:
-    the second run of a recipe skips the tokenizer."""
+def cached_tokens(vqgan, images: torch.Tensor, name: str = 'tokens', cache: bool = True) -> torch.Tensor:
+    """`encode_images`, remembered on disk under `cache_dir('tokens')`. The key is a hash of the images' bytes and of
+    the tokenizer's weights (`name` only makes the file name readable); the file holds a checksum of the tokens,
+    so a damaged file is rebuilt (with a warning that names it) rather than trusted."""
     if not cache: return encode_images(vqgan, images)
-    from safetensors.torch import load_file, save_file
-    from paella_nb.data import atomic_write
-    path = cache_dir('tokens') / f'{name}-{fingerprint(vqgan)}.safetensors'
-    if path.exists():
-        tokens = load_file(str(path))['tokens']
-        if len(tokens) == len(images): return tokens
-    tokens = encode_images(vqgan, images)
-    atomic_write(path, lambda tmp: save_file({'tokens': tokens.contiguous()}, str(tmp)))
+    key = _sha1(images)[:16] + '-' + fingerprint(vqgan)
+    path = cache_dir('tokens') / f'{name}-{key}.safetensors'
+    tokens = _read_token_cache(path, key)                                       # None: missing or damaged
+    if tokens is None:
+        tokens = encode_images(vqgan, images)                                   # [N, h, w]
+        save_weights(path, {'tokens': tokens}, metadata=dict(key=key, sha1=_sha1(tokens)))
     return tokens
 
 # %% ../nbs/09_small_data.ipynb #91c97f89
@@ -182,7 +184,7 @@ def caption_inputs(conditioner: Conditioner, captions, images: torch.Tensor | No
     and, if `images` are given, `cond['clip_image']` `[N, Dc]`. `uncond`: the empty prompt's inputs (for CFG dropout)."""
     uniq, index = _unique(captions)
     states = conditioner.text_encoder.encode_each(uniq)                         # U × [L_i, D]
-    cond = {'byt5': IndexedRows(nn.utils.rnn.pad_sequence(states, batch_first=True), index)}   # table [U, L, D]
+    cond = {'byt5': IndexedRows(pad_stack(states), index)}                  # table [U, L, D], zero-padded
     if conditioner.clip is not None:
         cond['clip'] = IndexedRows(conditioner.clip.encode_text(uniq), index)  # table [U, Dc]
         if images is not None:
@@ -213,13 +215,7 @@ class RecipeConfig:
 
     def __post_init__(self):
         if isinstance(self.train, dict): self.train = TrainConfig(**self.train)
-        if self.data not in ('shapes', 'emoji'): raise ValueError(f"RecipeConfig.data must be 'shapes' or 'emoji', got {self.data!r}.")
-        if self.text_encoder not in ('minilm', 'byt5'):
-            raise ValueError(f"RecipeConfig.text_encoder must be 'minilm' or 'byt5', got {self.text_encoder!r}.")
-        if not isinstance(self.n_images, int) or self.n_images < 1:
-            raise ValueError(f"RecipeConfig.n_images must be a positive int, got {self.n_images!r}.")
-        if not 0 <= self.two_object_frac <= 1:
-            raise ValueError(f"RecipeConfig.two_object_frac must be in [0, 1], got {self.two_object_frac}.")
+        _check_recipe(self)
 
     def to_dict(self) -> dict: return json.loads(json.dumps(asdict(self)))
 
@@ -231,6 +227,17 @@ def recipe_images(rc: RecipeConfig):
     else:
         ds, name = emoji_dataset(split='train'), 'emoji-train'
     return images_tensor(ds), list(ds['caption']), ds, name
+
+# %% ../nbs/09_small_data.ipynb #2a53e112
+# a guard rail, defined here rather than at the end of the chapter: the shipped recipes below are built on import
+def _check_recipe(rc):
+    if rc.data not in ('shapes', 'emoji'): raise ValueError(f"RecipeConfig.data must be 'shapes' or 'emoji', got {rc.data!r}.")
+    if rc.text_encoder not in ('minilm', 'byt5'):
+        raise ValueError(f"RecipeConfig.text_encoder must be 'minilm' or 'byt5', got {rc.text_encoder!r}.")
+    if not isinstance(rc.n_images, int) or isinstance(rc.n_images, bool) or rc.n_images < 1:
+        raise ValueError(f"RecipeConfig.n_images must be a positive int, got {rc.n_images!r}.")
+    if not 0 <= rc.two_object_frac <= 1:
+        raise ValueError(f"RecipeConfig.two_object_frac must be in [0, 1], got {rc.two_object_frac}.")
 
 # %% ../nbs/09_small_data.ipynb #e97753a9
 class JointTextPaella(nn.Module):
@@ -336,7 +343,7 @@ def train_recipe(rc: RecipeConfig, vqgan=None, out_dir=None, resume: bool = Fals
 def generate(pipe: PaellaPipeline, prompts, batch_size: int = 100, seed: int = 0, **kw) -> torch.Tensor:
     "Images `[N, 3, H, W]` in [0, 1] for `prompts` (one each), in batches; `kw` go to the pipeline (cfg, steps...)."
     prompts = list(prompts); out = []
-    for i in range(0, len(prompts), batch_size):
+    for i in progress(range(0, len(prompts), batch_size), desc='generating', disable=len(prompts) <= batch_size):
         tokens = pipe(prompts[i:i + batch_size], seed=seed + i, return_tokens=True, **kw)
         out.append(pipe.vqgan.decode_indices(tokens).float().cpu())
     return torch.cat(out)
@@ -372,10 +379,13 @@ def eval_emoji(pipe: PaellaPipeline, split: str = 'train', n: int | None = None,
 # %% ../nbs/09_small_data.ipynb #fc1cf69e
 SHIPPED = ('shapes-small', 'emoji-small')
 
-def ship(run: RecipeRun, name: str, metrics: dict | None = None, root=None) -> Path:
+def ship(run: RecipeRun, name: str, metrics: dict | None = None, root=None, replace: bool = False) -> Path:
     """Save `run.pipeline` as `data/models/<name>` (or `root/<name>`), plus `recipe.json`: the recipe, the run's
-    info, its loss history and `metrics`. `PaellaPipeline.from_pretrained(name)` then loads it."""
-    path = run.pipeline.save_pretrained(Path(root or models_dir()) / name)
+    info, its loss history and `metrics`. `PaellaPipeline.from_pretrained(name)` then loads it. An existing folder
+    is replaced only with `replace=True`."""
+    path = Path(root or models_dir()) / name
+    _check_ship(path, replace)
+    path = run.pipeline.save_pretrained(path)
     h = run.result.history
     card = dict(name=name, recipe=run.config.to_dict(), info=run.info, metrics=metrics or {},
                 history={k: h[k] for k in ('step', 'loss', 'acc_noised', 'seconds')})
@@ -386,8 +396,7 @@ def ship(run: RecipeRun, name: str, metrics: dict | None = None, root=None) -> P
 
 def write_card(path, card: dict):
     "Write `recipe.json` into a pipeline folder, atomically."
-    from paella_nb.data import atomic_write
-    atomic_write(Path(path) / 'recipe.json', lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1)))
+    write_json(Path(path) / 'recipe.json', card)
 
 def recipe_card(name_or_path) -> dict:
     "The `recipe.json` of a shipped model (by name) or of a pipeline folder."
@@ -452,3 +461,30 @@ def ablations(base: RecipeConfig = SHAPES_SMALL, n: int = 300) -> dict:
         run = train_recipe(rc)
         out[label] = dict(info=run.info, **{s: eval_shapes(run.pipeline, s, n) for s in ('test', 'test_compositional')})
     return out
+
+# %% ../nbs/09_small_data.ipynb #a3527804
+def _check_image(image):
+    if not torch.is_tensor(image) or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"read_shape wants one image [3, H, W], got {getattr(image, 'shape', type(image))}; loop over a batch.")
+
+def _check_index(table, index):
+    if index.ndim != 1: raise ValueError(f"index must be 1-D, got shape {tuple(index.shape)}.")
+    if len(index) and (int(index.min()) < 0 or int(index.max()) >= len(table)):
+        raise ValueError(f"index points outside the table of {len(table)} rows.")
+
+def _check_ship(path: Path, replace: bool):
+    if path.exists() and not replace:
+        raise FileExistsError(f"{path} already holds a model. Ship under another name or `root=`, or pass "
+                              "replace=True to overwrite it on purpose.")
+
+def _read_token_cache(path: Path, key: str):
+    "The tokens stored at `path` if the file is there, readable and intact (key and checksum match); else None."
+    if not path.exists(): return None
+    try:
+        sd, meta = read_state_dict(path)
+        tokens = sd['tokens']
+        if meta.get('key') == key and meta.get('sha1') == _sha1(tokens): return tokens
+        why = 'its content does not match its checksum'
+    except (ValueError, KeyError) as e: why = f'it cannot be read ({str(e).splitlines()[0]})'
+    warnings.warn(f"Token cache {path} is damaged ({why}); rebuilding it.")
+    return None

@@ -1,4 +1,4 @@
-"""Chapter 10 (paella_nb.distributed): the full-scale trainer on a 2-core CPU with the gloo backend.
+"""Chapter 11 (paella_nb.full_scale): the full-scale trainer on a 2-core CPU with the gloo backend.
 
 What is checked (tiny config, shards built from the shapes data):
 - 2 processes (DDP, gloo) follow the 1-process run at the same global batch: losses within 1e-4 relative,
@@ -7,22 +7,24 @@ What is checked (tiny config, shards built from the shapes data):
   losses as the 1-process DDP run;
 - kill -9 after step 7 of 10, resume: weights and AdamW state bit-identical to the uninterrupted run;
 - a corrupt JPEG, a sample without caption and a truncated tar are skipped and counted, the run goes on;
+- a diverging run (NaN loss, or NaN weights) stops before writing and names its last good checkpoint;
+  temporary files of a killed save are removed at the next start;
 - bad input: clear errors.
 """
-import importlib.util, json, os, shutil, signal, subprocess, sys
+import json, os, shutil, signal, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from paella_nb.distributed import (FullConfig, DataConfig, tiny_config, load_config, save_config, config_dict,
-                                   check_config, lr_factor, prepare_shards, prepare_shards_cli, resolve_shards,
-                                   damage_shards, RankStream, launch, list_checkpoints, train_full_cli, init_distributed,
-                                   apply_activation_checkpointing, model_flops, activation_memory, cost_table,
-                                   implied_mfu, TINY_MODEL, _free_port, iter_tar)
-from paella_nb.unet import Paella, PAELLA_V3
-from paella_nb.training import read_checkpoint
+import paella_nb.full_scale as fs
+from paella_nb.full_scale import (FullConfig, tiny_config, load_config, save_config, check_config, lr_factor, launch,
+                                  init_distributed, apply_activation_checkpointing, TINY_MODEL, _free_port)
+from paella_nb.shards import DataConfig, prepare_shards, damage_shards, iter_tar, resolve_shards
+from paella_nb.unet import Paella
+from paella_nb.training import read_checkpoint, list_checkpoints
+from paella_nb.data import TEMP_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
@@ -51,13 +53,15 @@ def _model(ckpt): return {k: v for k, v in read_checkpoint(ckpt)[0].items() if k
 # ---- config ----------------------------------------------------------------------------------------------------
 def test_config_roundtrip_overrides_and_release_defaults(tmp_path):
     rel = FullConfig()
-    assert rel.model['byt5_embd'] == 2560 and rel.global_batch == 2048 and rel.lr == 1e-4 and rel.grad_clip == 1.0
+    assert rel.model['byt5_embd'] == 2560 and rel.batch_size == 2048 and rel.lr == 1e-4 and rel.grad_clip == 1.0
     assert rel.warmup_steps == 10_000 and rel.dropout.byt5 == 0.05 and rel.dropout.clip_image == 0.9
     cfg = load_config(save_config(tiny_config('x', tmp_path), tmp_path/'c.yaml'), ['steps=3', 'data.lanes=4'])
     assert cfg.steps == 3 and cfg.data.lanes == 4 and cfg.model == TINY_MODEL
+    assert load_config('tiny', ['steps=3']) == tiny_config(steps=3) and load_config('release') == FullConfig()
     with pytest.raises(ValueError, match='unknown key'): load_config({'stepz': 1})
     with pytest.raises(ValueError, match="'data' section"): load_config({'data': {'lane': 1}})
     with pytest.raises(ValueError, match='key=value'): load_config(None, ['steps'])
+    with pytest.raises(FileNotFoundError, match='does not exist'): load_config(tmp_path/'missing.yaml')
 
 
 def test_batch_arithmetic_errors():
@@ -75,42 +79,13 @@ def test_lr_schedule():
     assert lr_factor(r, 800_000) == 1.0
 
 
-# ---- data --------------------------------------------------------------------------------------------------------
-def test_data_order_independent_of_world_size(shards):
-    paths, man = resolve_shards(shards)
-    assert len(paths) == 16 and man['samples'] == 128
-    cfg = tiny_config(shards)
-    one, two = RankStream(paths, cfg, 0, 1), [RankStream(paths, cfg, r, 2) for r in range(2)]
-    for _ in range(20):                                                   # 160 samples: crosses an epoch
-        a, b = one.next(), [s.next() for s in two]
-        assert a['captions'] == b[0]['captions'] + b[1]['captions']
-        assert torch.equal(a['image'], torch.cat([b[0]['image'], b[1]['image']]))
-    assert {l: s['epoch'] for l, s in one.states.items()} == {0: 1, 1: 1}
+def test_config_files_in_repo():
+    rel = load_config(ROOT/'configs'/'paella_v3.yaml')
+    assert rel.to_dict() == FullConfig(data=DataConfig(shards=rel.data.shards), out_dir=rel.out_dir).to_dict()
+    assert load_config(ROOT/'configs'/'tiny.yaml').model == TINY_MODEL
 
 
-def test_dataloader_workers_and_restart_position(shards):
-    "Lanes read by 2 DataLoader worker processes give the same batches; a stream restarted from saved lane states continues."
-    paths, _ = resolve_shards(shards)
-    cfg = tiny_config(shards, data=dict(lanes=4, num_workers=2))
-    ref, par = RankStream(paths, tiny_config(shards, data=dict(lanes=4)), 0, 1), RankStream(paths, cfg, 0, 1)
-    for _ in range(5):
-        a, b = ref.next(), par.next()
-        assert a['captions'] == b['captions'] and torch.equal(a['image'], b['image'])
-    saved = json.loads(json.dumps(par.states)); par.close()
-    again = RankStream(paths, cfg, 0, 1, states=saved)
-    for _ in range(3): assert again.next()['captions'] == ref.next()['captions']
-    again.close(); ref.close()
-
-
-def test_brace_patterns_and_missing_shards(shards, tmp_path):
-    paths, _ = resolve_shards(str(shards/'shard-{000000..000003}.tar'))
-    assert len(paths) == 4
-    with pytest.raises(FileNotFoundError, match='2 of 6 shards are missing'):
-        resolve_shards(str(shards/'shard-{000012..000017}.tar'))
-    with pytest.raises(FileNotFoundError, match='data.shards is empty'): resolve_shards('')
-    with pytest.raises(FileNotFoundError, match='no .tar shards'): resolve_shards(tmp_path)
-
-
+# ---- data in the trainer -------------------------------------------------------------------------------------------
 def test_corrupt_and_truncated_shards_are_skipped_and_counted(shards, tmp_path):
     bad = tmp_path/'bad'; shutil.copytree(shards, bad)
     info = damage_shards(bad)
@@ -130,16 +105,10 @@ def iter_tar_safe(p):
     except Exception: return
 
 
-def test_prepare_shards_preencoded_and_cli(tmp_path):
+def test_trains_on_preencoded_shards(tmp_path):
     out = tmp_path/'pre'
-    assert prepare_shards_cli(['shapes:24:32', str(out), '--shard-size', '6', '--image-size', '32', '--encode', 'toy']) == 0
-    man = json.loads((out/'shards.json').read_text())
-    assert man['encoded'] == ['tokens', 'clip', 'clip_image'] and (out/'null_cond.safetensors').exists()
-    cfg = tiny_config(out, tmp_path/'run', steps=2, ckpt_every=0)
-    b = RankStream(resolve_shards(out)[0], cfg, 0, 1, preencoded=tuple(man['encoded'])).next()
-    assert b['tokens'].shape == (8, 8, 8) and b['clip'].shape == (8, 32) and 'image' not in b
-    assert launch(cfg, quiet=True)['step'] == 2
-    assert prepare_shards_cli(['shapes:4:32', str(out)]) == 2                # refuses to mix data sets
+    prepare_shards('shapes:24:32', out, shard_size=6, image_size=32, encode='toy', progress=False)
+    assert launch(tiny_config(out, tmp_path/'run', steps=2, ckpt_every=0), quiet=True)['step'] == 2
 
 
 # ---- distributed equivalence, resume -----------------------------------------------------------------------------
@@ -163,7 +132,8 @@ def test_fsdp_activation_checkpointing_stop_and_resume(shards, base_run, tmp_pat
 def test_kill_resume_bit_identical(shards, base_run, tmp_path):
     cfg = tiny_config(shards, tmp_path/'killed', steps=10)
     path = save_config(cfg, tmp_path/'killed.yaml')
-    p = subprocess.run([sys.executable, '-m', 'paella_nb.train_full', str(path), '--crash-after', '7', '-q'],
+    p = subprocess.run([sys.executable, '-c', f"from paella_nb.full_scale import launch, load_config; "
+                        f"launch(load_config({str(path)!r}), crash_after=7, quiet=True)"],
                        capture_output=True, text=True, env=ENV, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert [s for s, _ in list_checkpoints(cfg.out_dir)] == [5]             # 6, 7 were lost with the process
@@ -177,11 +147,54 @@ def test_kill_resume_bit_identical(shards, base_run, tmp_path):
 
 def test_resume_refuses_another_config(shards, base_run):
     out = Path(base_run['checkpoint']).parent.parent
-    with pytest.raises(ValueError, match=r"model differs in \['c_hidden'\]"):
+    with pytest.raises(ValueError, match=r"model\.c_hidden: \[32, 64, 64\] \(checkpoint\) vs \[32, 64, 128\] \(now\)"):
         launch(tiny_config(shards, out, model={**TINY_MODEL, 'c_hidden': [32, 64, 128]}), quiet=True)
-    with pytest.raises(ValueError, match='global_batch: 8 in the checkpoint vs 16 now'):
-        launch(tiny_config(shards, out, global_batch=16), quiet=True)
-    assert load_config(out/'config.yaml').global_batch == 8                # its config.yaml was not overwritten
+    with pytest.raises(ValueError, match=r'batch_size: 8 \(checkpoint\) vs 16 \(now\)'):
+        launch(tiny_config(shards, out, batch_size=16), quiet=True)
+    assert load_config(out/'config.yaml').batch_size == 8                  # its config.yaml was not overwritten
+
+
+def test_stop_file_checkpoints_and_exits(shards, tmp_path):
+    cfg = tiny_config(shards, tmp_path/'stop', steps=10, ckpt_every=0)
+    (tmp_path/'stop').mkdir(); (tmp_path/'stop'/'STOP').touch()             # e.g. a SLURM job near its time limit
+    r = launch(cfg, quiet=True)
+    assert r['step'] == 1 and [s for s, _ in list_checkpoints(cfg.out_dir)] == [1]
+    assert not (tmp_path/'stop'/'STOP').exists()
+    assert launch(cfg, quiet=True)['step'] == 10                             # the next start continues
+
+
+# ---- never lose the last good state ----------------------------------------------------------------------------------
+def _poison(monkeypatch, after_calls: int, what: str):
+    "Make chapter 06's training_step go bad from its call number `after_calls` on: a NaN loss, or NaN weights."
+    real, calls = fs.training_step, [0]
+    def step(model, tokens, inputs, cfg):
+        loss, logits, mask = real(model, tokens, inputs, cfg); calls[0] += 1
+        if calls[0] > after_calls:
+            if what == 'loss': loss = loss * float('nan')
+            else: logits.register_hook(lambda g: g * float('nan'))      # finite loss, NaN gradients → NaN weights
+        return loss, logits, mask
+    monkeypatch.setattr(fs, 'training_step', step)
+
+
+@pytest.mark.parametrize('what', ['loss', 'weights'])
+def test_divergence_stops_before_writing_and_names_the_last_good_checkpoint(shards, tmp_path, monkeypatch, what):
+    # 2 micro-batches per step; the loss goes NaN from step 8, or the weights turn NaN in step 10's last micro-batch
+    _poison(monkeypatch, 14 if what == 'loss' else 19, what)
+    cfg = tiny_config(shards, tmp_path/what, steps=12, log_every=100)      # checkpoints at 5 and 10; no log line before 12
+    with pytest.raises(FloatingPointError, match=r'step 10: .*step_00000010.* not written.*last good checkpoint is .*step_00000005') as e:
+        launch(cfg, quiet=True)
+    assert ('loss is not finite' if what == 'loss' else 'weights hold NaN') in str(e.value)
+    assert [s for s, _ in list_checkpoints(cfg.out_dir)] == [5]
+    w = _model(list_checkpoints(cfg.out_dir)[-1][1])                        # ... and it really is good
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_stale_temps_of_a_killed_save_are_removed_at_start(shards, tmp_path):
+    ck = tmp_path/'run'/'checkpoints'; ck.mkdir(parents=True)
+    stale = ck/f'{TEMP_PREFIX}new-999999-0123abcd-step_00000005.safetensors'
+    stale.write_bytes(b'half a checkpoint'); (ck/'notes.tmp').write_text('not ours')
+    launch(tiny_config(shards, tmp_path/'run', steps=1), quiet=True)
+    assert not stale.exists() and (ck/'notes.tmp').exists()
 
 
 # ---- process group errors ------------------------------------------------------------------------------------------
@@ -198,14 +211,26 @@ def test_init_errors_print_the_environment(monkeypatch):
         init_distributed(timeout_min=0.03)                                  # the peer never comes
 
 
+# ---- the command line (paella_nb.cli calls these plain functions) ------------------------------------------------------
 def test_cli_errors(tmp_path, capsys):
-    assert train_full_cli(['tiny', f'data.shards={tmp_path}/none', f'out_dir={tmp_path}/o', '-q']) == 2
+    from paella_nb.cli import main
+    assert main(['train-full', 'tiny', f'data.shards={tmp_path}/none', f'out_dir={tmp_path}/o', '-q']) == 2
     assert '1 of 1 shards are missing' in capsys.readouterr().err
-    assert train_full_cli([str(tmp_path/'missing.yaml')]) == 2
-    assert train_full_cli(['release', '--print-config']) == 0 and 'byt5_embd: 2560' in capsys.readouterr().out
+    assert main(['train-full', str(tmp_path/'missing.yaml')]) == 2
+    assert main(['train-full', 'release', '--print-config']) == 0 and 'byt5_embd: 2560' in capsys.readouterr().out
+    out = tmp_path/'pre'
+    assert main(['prepare-shards', 'shapes:24:32', str(out), '--shard-size', '6', '--image-size', '32', '--encode', 'toy']) == 0
+    assert json.loads((out/'shards.json').read_text())['encoded'] == ['tokens', 'clip', 'clip_image']
+    assert main(['prepare-shards', 'shapes:4:32', str(out)]) == 2          # refuses to mix data sets
 
 
-# ---- model options and cost model ------------------------------------------------------------------------------------
+def test_module_entry_point_help():
+    "`torchrun -m paella_nb.full_scale CONFIG` runs the module: its --help is train-full's."
+    p = subprocess.run([sys.executable, '-m', 'paella_nb.full_scale', '--help'], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode == 0 and 'torchrun' in p.stdout, p.stderr[-2000:]
+
+
+# ---- model options ------------------------------------------------------------------------------------------------
 def test_activation_checkpointing_same_gradients():
     torch.manual_seed(0)
     a = Paella(**{**TINY_MODEL, 'dropout': 0.0}); b = Paella(**{**TINY_MODEL, 'dropout': 0.0})
@@ -216,36 +241,3 @@ def test_activation_checkpointing_same_gradients():
     for m in (a, b): m(x, r, byt5, clip, clip).float().square().mean().backward()
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=n)
-
-
-def test_cost_model():
-    mf = model_flops(None, 64, 128)
-    assert mf['params'] == 1_008_350_592
-    assert 500e9 < mf['forward'] < 560e9                                 # 531 GFLOP per 256 px image at L = 128
-    am = activation_memory(None, 64, 128)
-    assert am['checkpointed'] < am['full'] / 5 and 2 * 2**30 < am['full'] < 4 * 2**30
-    rows = cost_table(3 * mf['forward'], mfus=(0.4,))
-    assert rows[0]['gpu_days'] == pytest.approx(rows[0]['days'] * 128)
-    assert 0.03 < implied_mfu(3 * mf['forward'], 2048, 1_300_000, 128, 21) < 0.1
-
-
-def test_bench_script_smoke():
-    spec = importlib.util.spec_from_file_location('full_scale_gpu', ROOT/'bench'/'full_scale_gpu.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    res = mod.main(['--smoke', '--mode', 'plain', '--micro', '2'])
-    assert res[0]['micro_batch'] == 2 and res[0]['step_s'] > 0
-
-
-def test_stop_file_checkpoints_and_exits(shards, tmp_path):
-    cfg = tiny_config(shards, tmp_path/'stop', steps=10, ckpt_every=0)
-    (tmp_path/'stop').mkdir(); (tmp_path/'stop'/'STOP').touch()             # e.g. a SLURM job near its time limit
-    r = launch(cfg, quiet=True)
-    assert r['step'] == 1 and [s for s, _ in list_checkpoints(cfg.out_dir)] == [1]
-    assert not (tmp_path/'stop'/'STOP').exists()
-    assert launch(cfg, quiet=True)['step'] == 10                             # the next start continues
-
-
-def test_config_files_in_repo():
-    rel = load_config(ROOT/'configs'/'paella_v3.yaml')
-    assert config_dict(rel) == config_dict(FullConfig(data=DataConfig(shards=rel.data.shards), out_dir=rel.out_dir))
-    assert load_config(ROOT/'configs'/'tiny.yaml').model == TINY_MODEL

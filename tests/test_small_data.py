@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from paella_nb.data import shapes_dataset, images_tensor, render_scene, to_tensor
-from paella_nb.recipes import (IndexedRows, RecipeConfig, TINY_UNET, SHIPPED, judge_shapes, judge_pairs, read_shape,
-                               read_objects, caption_inputs, make_conditioner, train_recipe, ship, recipe_card,
-                               folder_mb, generate, eval_shapes)
+from paella_nb.small_data import (IndexedRows, RecipeConfig, TINY_UNET, SHIPPED, judge_shapes, judge_pairs, read_shape,
+                                  read_objects, caption_inputs, make_conditioner, train_recipe, ship, recipe_card,
+                                  folder_mb, generate, eval_shapes, cached_tokens, encode_images)
 from paella_nb.sampling import PaellaPipeline, available_models
 from paella_nb.training import TrainConfig
 
@@ -76,6 +76,46 @@ def test_recipe_config_rejects_bad_values():
     with pytest.raises(ValueError, match='two_object_frac'): RecipeConfig(two_object_frac=2)
 
 
+# ---- the token cache: keyed by the images' content, verified ---------------------------------------------------------
+@pytest.fixture
+def token_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv('PAELLA_NB_CACHE', str(tmp_path))
+    from paella_nb.data import cache_dir
+    from paella_nb.vqgan import small_vqgan
+    return cache_dir('tokens'), small_vqgan().eval()
+
+
+def test_token_cache_is_keyed_by_content(token_cache):
+    folder, vq = token_cache
+    a = images_tensor(shapes_dataset(8, split='train', seed=0))
+    b = images_tensor(shapes_dataset(8, split='train', seed=1))                     # same name, same count, other images
+    ta, tb = cached_tokens(vq, a, 'same-name'), cached_tokens(vq, b, 'same-name')
+    assert torch.equal(ta, encode_images(vq, a)) and torch.equal(tb, encode_images(vq, b))
+    assert not torch.equal(ta, tb)
+    assert len(list(folder.glob('same-name-*.safetensors'))) == 2
+    assert torch.equal(cached_tokens(vq, a, 'same-name'), ta)                          # read back from the cache
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'tamper'])
+def test_damaged_token_cache_is_rebuilt_with_a_warning(token_cache, damage):
+    folder, vq = token_cache
+    x = images_tensor(shapes_dataset(6, split='train', seed=2))
+    want = cached_tokens(vq, x, 'dmg')
+    (f,) = folder.glob('dmg-*.safetensors')
+    if damage == 'truncate': f.write_bytes(f.read_bytes()[:100])
+    else:                                                                            # valid file, wrong tokens
+        from safetensors.torch import save_file
+        from safetensors import safe_open
+        with safe_open(str(f), 'pt') as h: meta = h.metadata()
+        save_file({'tokens': (want + 1) % 1024}, str(f), metadata=meta)
+    with pytest.warns(UserWarning, match=f'Token cache .*{f.name}.*rebuilding'):
+        got = cached_tokens(vq, x, 'dmg')
+    assert torch.equal(got, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert torch.equal(cached_tokens(vq, x, 'dmg'), want)                        # the rebuilt file is good
+
+
 # ---- a tiny recipe end to end ----------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def tiny_run():
@@ -90,6 +130,10 @@ def test_tiny_recipe_trains_saves_and_reloads(tiny_run, tmp_path):
     assert {'params', 'gflops_per_step', 'train_seconds', 'train_cpu_seconds'} <= set(run.info)
     path = ship(run, 'tiny-test', metrics={'x': 1}, root=tmp_path)
     assert (path / 'pipeline.json').exists() and recipe_card(path)['metrics'] == {'x': 1}
+    with pytest.raises(FileExistsError, match='replace=True'): ship(run, 'tiny-test', root=tmp_path)   # never by accident
+    assert recipe_card(path)['metrics'] == {'x': 1}
+    ship(run, 'tiny-test', metrics={'x': 2}, root=tmp_path, replace=True)                               # on purpose
+    assert recipe_card(path)['metrics'] == {'x': 2}
     pipe = PaellaPipeline.from_pretrained(path)
     a = generate(pipe, ['a large red circle in the center'] * 2, seed=0)
     b = generate(run.pipeline, ['a large red circle in the center'] * 2, seed=0)
@@ -148,7 +192,7 @@ def test_cli_writes_into_a_missing_folder(tmp_path):
 
 
 def test_cli_empty_prompt_says_it_is_unconditional(tmp_path, capsys):
-    from paella_nb.sampling import sample_cli
-    assert sample_cli(['', '--out', str(tmp_path / 'u.png'), '--seed', '0', '--steps', '4']) == 0
+    from paella_nb.cli import main
+    assert main(['sample', '', '--out', str(tmp_path / 'u.png'), '--seed', '0', '--steps', '4']) == 0
     assert 'unconditional' in capsys.readouterr().out
     assert (tmp_path / 'u.png').exists()
