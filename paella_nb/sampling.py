@@ -9,12 +9,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from .noising import add_noise, sampling_timesteps
 
 # %% auto #0
 __all__ = ['PIPELINE_FORMAT', 'DEFAULTS', 'PIPELINE_KEYS', 'IMAGE_SUFFIXES', 'DEFAULT_MODEL', 'sampler_loop', 'renoise', 'sample',
-           'models_dir', 'available_models', 'PaellaPipeline', 'sampler_widget', 'sample_to_files']
+           'CachedModel', 'models_dir', 'available_models', 'PaellaPipeline', 'sampler_widget', 'sample_to_files']
 
 # %% ../nbs/07_sampling.ipynb #a26f4a51
 @torch.no_grad()
@@ -48,13 +49,13 @@ def renoise(x, t, noise, num_labels: int, generator=None):
 def sample(model, model_inputs: dict, latent_shape, unconditional_inputs: dict | None = None, steps: int = 12,
            renoise_steps: int | None = None, temperature=(0.7, 0.3), cfg=8.0, seed: int | None = None,
            init_tokens: torch.Tensor | None = None, t_start: float = 1.0, keep_mask: torch.Tensor | None = None,
-           attn_weights: torch.Tensor | None = None, return_intermediates: bool = False):
+           attn_weights: torch.Tensor | None = None, return_intermediates: bool = False, cache: bool = True):
     """Paella's sampler: `sampler_loop` with a private generator. `cfg` and `temperature` are a number or a (start,
     end) pair, linear over the steps. `init_tokens` noised to `t_start` start image-to-image; `keep_mask` (1 = keep,
     [B,h,w] or [h,w]) pins those tokens of `init_tokens` (inpainting). `attn_weights` goes to the conditional pass
     only. `seed` (int or torch.Generator) makes the result reproducible without touching the global random state.
     Returns tokens `[B, h, w]`, with `return_intermediates` also a dict of `t` `[steps]`, `inputs` and `preds`
-    `[steps, B, h, w]` (on the CPU)."""
+    `[steps, B, h, w]` (on the CPU). `cache=False` calls the plain `forward` at every step (same tokens, slower)."""
     renoise_steps = steps - 1 if renoise_steps is None else renoise_steps
     temps, cfgs = _check_sample_args(model, model_inputs, latent_shape, unconditional_inputs, steps, renoise_steps,
                                      temperature, cfg, seed, init_tokens, t_start, keep_mask)
@@ -72,11 +73,37 @@ def sample(model, model_inputs: dict, latent_shape, unconditional_inputs: dict |
     if pin: x = pin(x)
     trace = []
     with _eval_mode(model):                                                       # no dropout: same seed, same image
+        if cache and hasattr(model, 'condition'):                                 # the condition computed once (below)
+            model, model_inputs, unconditional_inputs = CachedModel.wrap(model, model_inputs, unconditional_inputs, cfgs)
         x = sampler_loop(model, x, model_inputs, unconditional_inputs, ts, temps, cfgs, renoise_steps, noise, g, pin,
                          on_step=(lambda i, x_in, drawn: trace.append((x_in, drawn))) if return_intermediates else None)
     if not return_intermediates: return x
     inputs, preds = (torch.stack(s).cpu() for s in zip(*trace))                   # [steps, B, h, w] each
     return x, dict(t=ts[:steps].cpu(), inputs=inputs, preds=preds)
+
+# %% ../nbs/07_sampling.ipynb #6c11b004
+class CachedModel:
+    """A `Paella` as `sampler_loop` calls it, `model(x, t, group=g)`, with the condition computed once: group 0 is
+    the prompts, group 1 the unconditional inputs. With `batched`, the call for group 0 runs both groups as one
+    batch and keeps the unconditional logits for the call for group 1 that follows it with the same `x`."""
+    def __init__(self, model, model_inputs: dict, unconditional_inputs: dict | None = None, batched: bool = False):
+        groups = [model_inputs] + ([unconditional_inputs] if unconditional_inputs is not None else [])
+        self.model, self.cache, self.kept = model, model.condition(*groups), None   # chapter 05: once per call
+        self.batched = batched and len(groups) == 2
+
+    @classmethod
+    def wrap(cls, model, model_inputs, unconditional_inputs, cfgs):
+        "`(callable, model_inputs, unconditional_inputs)` to hand to `sampler_loop` in place of the model's."
+        guided = [float(c) != 1 for c in cfgs]
+        call = cls(model, model_inputs, unconditional_inputs if any(guided) else None, batched=all(guided))
+        return call, dict(group=0), dict(group=1)
+
+    def __call__(self, x, t, group: int):
+        if group == 1 and self.kept is not None and self.kept[0] is x: return self.kept[1]   # made with group 0
+        if not self.batched: return self.model.forward_cached(x, t, self.cache.group(group))
+        cond, uncond = self.model.forward_cached(torch.cat([x, x]), torch.cat([t, t]), self.cache).chunk(2)  # [B, K, h, w]
+        self.kept = (x, uncond)
+        return cond if group == 0 else uncond
 
 # %% ../nbs/07_sampling.ipynb #00e2b4b4
 PIPELINE_FORMAT = 'paella_nb.pipeline/1'

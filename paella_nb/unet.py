@@ -19,7 +19,7 @@ from .vqgan import check_state_dict, read_state_dict, save_weights   # chapter 0
 # %% auto #0
 __all__ = ['PAELLA_V3', 'PAELLA_TINY', 'LayerNorm2d', 'GlobalResponseNorm', 'ResBlock', 'r_embedding', 'TimestepBlock',
            'sdpa_attention', 'reweighted_attention', 'Attention2D', 'AttnBlock', 'FeedForwardBlock', 'PaellaConfig',
-           'Paella', 'blog_attn_weights', 'load_paella', 'save_paella']
+           'Paella', 'blog_attn_weights', 'ConditionCache', 'load_paella', 'save_paella']
 
 # %% ../nbs/05_unet.ipynb #4c972c47
 class LayerNorm2d(nn.LayerNorm):
@@ -32,13 +32,16 @@ def _norm(c): return LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
 # %% ../nbs/05_unet.ipynb #72fe79ba
 class GlobalResponseNorm(nn.Module):
     "ConvNeXt-V2 GRN on channels-last input `[B, H, W, C]`: `gamma * (x * Nx) + beta + x`."
+    fast_norm = False  # True (opt-in): sqrt(sum of squares), many times faster than torch.norm on CPU, not bit-identical
+
     def __init__(self, dim):
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x):
-        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)       # [B, 1, 1, C] L2 norm over H, W
+        if self.fast_norm: gx = x.square().sum((1, 2), keepdim=True).sqrt()   # opt-in: the same norm, other rounding
+        else: gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)               # [B, 1, 1, C] L2 norm over H, W
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)          # [B, 1, 1, C] relative to the channel mean
         return self.gamma * (x * nx) + self.beta + x
 
@@ -100,17 +103,21 @@ def reweighted_attention(mha: nn.MultiheadAttention, q_in, kv, attn_weights):
     """Multi-head attention with the weights of `mha` (batch_first), whose post-softmax probabilities on the last
     `n` key positions are multiplied by `attn_weights` (`[n]` or `[B, n]`), without renormalising."""
     B, Lq, C = q_in.shape
-    Lk = kv.shape[1]
     (wq, wk, wv), (bq, bk, bv) = mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)
     q, k, v = _heads(q_in, wq, bq, mha.num_heads), _heads(kv, wk, bk, mha.num_heads), _heads(kv, wv, bv, mha.num_heads)
+    x = _reweighted(q, k, v, attn_weights)                          # [B, h, Lq, d]
+    return mha.out_proj(x.transpose(1, 2).reshape(B, Lq, C))        # [B, Lq, C]
+
+def _reweighted(q, k, v, attn_weights):
+    "Attention of `q` `[B, h, Lq, d]` over `k, v` `[B, h, Lk, d]`, the probabilities of the last n keys times `attn_weights`."
+    Lk = k.shape[2]
     probs = ((q @ k.transpose(-2, -1)) / (q.size(-1) ** 0.5)).softmax(dim=-1)  # [B, h, Lq, Lk]
     w = attn_weights.to(probs)
     ones = torch.ones(*w.shape[:-1], Lk - w.shape[-1], dtype=probs.dtype, device=probs.device)
     w = torch.cat([ones, w], dim=-1)                                # [Lk] or [B, Lk]: 1 except the last n keys
     if w.dim() == 2:
         w = w[:, None, None, :]                                     # [B, 1, 1, Lk]
-    x = (probs * w) @ v                                             # [B, h, Lq, d]
-    return mha.out_proj(x.transpose(1, 2).reshape(B, Lq, C))        # [B, Lq, C]
+    return (probs * w) @ v                                          # [B, h, Lq, d]
 
 class Attention2D(nn.Module):
     "Attention over the `HW` positions of a feature map; with `self_attn` the keys are `[image tokens ; kv]`."
@@ -143,6 +150,7 @@ class AttnBlock(nn.Module):
         self.kv_mapper = nn.Sequential(nn.SiLU(), nn.Linear(c_cond, c))
 
     def forward(self, x, cond, attn_weights=None):
+        if not torch.is_tensor(cond): return x + self.attention.forward_cached(self.norm(x), cond, self)  # a ConditionCache
         kv = self.kv_mapper(cond)                                   # [B, L, C]
         return x + self.attention(self.norm(x), kv, self_attn=self.self_attn, attn_weights=attn_weights)
 
@@ -349,6 +357,65 @@ def blog_attn_weights(byt5_len: int, image_weight: float = 0.4, other_weight: fl
     w[-n_image_tokens:] = image_weight
     return w
 
+# %% ../nbs/05_unet.ipynb #0dfcd936
+@dataclass
+class ConditionCache:
+    """What `Paella.condition` computes once per sampling call: for each group of rows (`sizes[g]` rows, e.g. the
+    prompts, then the unconditional inputs) and each attention block, the condition tokens' keys and values
+    `kv[block][g]` (2 × `[B_g, heads, L_g, d]`), and the group's `attn_weights` (or None)."""
+    sizes: list
+    kv: dict
+    attn_weights: list
+
+    def group(self, g: int) -> 'ConditionCache':
+        "The cache of group `g` alone."
+        return ConditionCache([self.sizes[g]], {b: [kv[g]] for b, kv in self.kv.items()}, [self.attn_weights[g]])
+
+def _condition_kv(self, kv):
+    "Keys and values of the condition tokens `kv` `[B, L, C]`: 2 × `[B, h, L, d]` (the last two thirds of `in_proj`)."
+    (_, wk, wv), (_, bk, bv) = self.attn.in_proj_weight.chunk(3), self.attn.in_proj_bias.chunk(3)
+    return _heads(kv, wk, bk, self.attn.num_heads), _heads(kv, wv, bv, self.attn.num_heads)
+
+def _attention_cached(self, x, cache: ConditionCache, block):
+    "`forward` with the condition's keys and values read from `cache`; the image's are computed here, every step."
+    B, C, H, W = x.shape
+    (wq, wk, wv), (bq, bk, bv) = self.attn.in_proj_weight.chunk(3), self.attn.in_proj_bias.chunk(3)
+    h, x = self.attn.num_heads, x.view(B, C, H * W).permute(0, 2, 1)        # [B, HW, C]
+    q, k, v = _heads(x, wq, bq, h), _heads(x, wk, bk, h), _heads(x, wv, bv, h)   # [B, h, HW, d] each
+    out = []
+    for g, (kc, vc) in enumerate(cache.kv[block]):                           # each group over its own condition
+        rows, w = slice(sum(cache.sizes[:g]), sum(cache.sizes[:g + 1])), cache.attn_weights[g]
+        kg = torch.cat([k[rows], kc], dim=2) if block.self_attn else kc       # [B_g, h, HW + L_g, d]
+        vg = torch.cat([v[rows], vc], dim=2) if block.self_attn else vc
+        out.append(F.scaled_dot_product_attention(q[rows], kg, vg) if w is None else _reweighted(q[rows], kg, vg, w))
+    x = torch.cat(out).transpose(1, 2).reshape(B, H * W, C)                  # [B, HW, C]
+    return self.attn.out_proj(x).permute(0, 2, 1).view(B, C, H, W)          # [B, C, H, W]
+
+Attention2D.condition_kv, Attention2D.forward_cached = _condition_kv, _attention_cached
+
+def _condition(self, *groups: dict) -> ConditionCache:
+    """Compute once what every step shares: `groups` are dicts of `forward`'s condition arguments (`byt5`, `clip`,
+    `clip_image`, `attn_weights`), one per group of rows of the batches `forward_cached` will get."""
+    cache = ConditionCache([], {}, [])
+    for inputs in groups:
+        _check_condition(self, inputs)
+        c_embed = self.gen_c_embeddings(inputs['byt5'], inputs.get('clip'), inputs.get('clip_image'))  # [B_g, L_g, c_cond]
+        cache.sizes.append(c_embed.shape[0]); cache.attn_weights.append(inputs.get('attn_weights'))
+        for block in self.modules():
+            if isinstance(block, AttnBlock):
+                cache.kv.setdefault(block, []).append(block.attention.condition_kv(block.kv_mapper(c_embed)))
+    return cache
+
+def _forward_cached(self, x, r, cache: ConditionCache):
+    "Logits `[B, num_labels, H, W]` like `forward`, for a batch whose rows are `cache`'s groups in order."
+    r = _check_cached(self, x, r, cache)                             # [B] floats
+    r_embed = self.gen_r_embedding(r)                                # [B, c_r]
+    x = self.embedding(self.in_mapper(x).permute(0, 3, 1, 2))        # [B, c_hidden[0], H/p, W/p]
+    level_outputs = self._down_encode(x, r_embed, cache)             # AttnBlocks read the cache
+    return self.out_mapper(self.clf(self._up_decode(level_outputs, r_embed, cache)))   # [B, num_labels, H, W]
+
+Paella.condition, Paella.forward_cached = _condition, _forward_cached
+
 # %% ../nbs/05_unet.ipynb #106d024e
 _HINTS = {'byt5_mapper.weight': lambda s: f"byt5_embd={s[1]}", 'in_mapper.0.weight': lambda s: f"num_labels={s[0]}",
           'clip_mapper.weight': lambda s: f"clip_embd={s[1]}"}
@@ -366,14 +433,20 @@ def load_paella(path_or_state_dict, dtype=None, device='cpu', **config) -> Paell
     For the released `paella_v3.pt` pass `byt5_embd=2560` (or `**asdict(PAELLA_V3)`). Returns the model in eval mode."""
     sd, meta = read_state_dict(path_or_state_dict, dtype)                    # chapter 02: mmap, per-tensor cast
     config = {**(meta.get('config') or {}), **config}
-    with torch.device('meta'):
-        model = Paella(**config)
+    model = _build_on_meta(config)
     where = 'state dict' if isinstance(path_or_state_dict, dict) else f"checkpoint {path_or_state_dict}"
     check_state_dict(model, sd, where, hint=_config_hint(model, sd, where))
     model.load_state_dict(sd, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left: raise ValueError(f"these tensors were not loaded: {left}")
     return model.to(device).eval()
+
+def _build_on_meta(config: dict) -> Paella:
+    "`Paella(**config)` on the meta device, without `nn.init.normal_` (on meta it imports torch._dynamo: a second)."
+    normal, nn.init.normal_ = nn.init.normal_, lambda t, *a, **k: t
+    try:
+        with torch.device('meta'): return Paella(**config)
+    finally: nn.init.normal_ = normal
 
 def save_paella(model: Paella, path):
     """Save weights (+ the constructor config) to `.safetensors` (config in the metadata) or `.pt`
@@ -462,3 +535,18 @@ def _check_forward(self, x, r, byt5, clip, clip_image, attn_weights) -> torch.Te
     if not r.is_floating_point():
         r = r.float()
     return r
+
+def _check_condition(self, inputs: dict):
+    "Check one group of `Paella.condition` with `forward`'s own checks (on a placeholder token grid)."
+    if not isinstance(inputs, dict) or 'byt5' not in inputs or set(inputs) - {'byt5', 'clip', 'clip_image', 'attn_weights'}:
+        _fail(f"each group of Paella.condition is a dict with byt5 and optionally clip, clip_image, attn_weights, "
+              f"got {sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__}.")
+    B, m = (inputs['byt5'].shape[0] if torch.is_tensor(inputs['byt5']) else 1), self.latent_multiple
+    x = torch.zeros(B, m, m, dtype=torch.long, device=self.byt5_mapper.weight.device)
+    _check_forward(self, x, 0.5, inputs['byt5'], inputs.get('clip'), inputs.get('clip_image'), inputs.get('attn_weights'))
+
+def _check_cached(self, x, r, cache) -> torch.Tensor:
+    "`forward_cached`'s inputs: the batch must be the cache's groups; returns `r` as a float `[B]` tensor."
+    if x.shape[0] != sum(cache.sizes):
+        _fail(f"x has {x.shape[0]} rows but the condition cache holds groups of {cache.sizes} rows (sum {sum(cache.sizes)}).")
+    return _check_forward(self, x, r, torch.zeros(x.shape[0], 0, self.byt5_embd, device=x.device), None, None, None)

@@ -87,3 +87,26 @@ def test_grade_parses_and_reports(tmp_path, capsys):
     assert 'no files found' in capsys.readouterr().out
     assert main(['grade', str(tmp_path / 'missing')]) == 1
     assert 'is not a folder' in capsys.readouterr().err
+
+
+def test_convert(tmp_path):
+    "`paella_nb convert SRC DST` (chapter 13's `convert`): a .pt state dict becomes safetensors; a missing file is exit 1."
+    import torch
+    from paella_nb.cli import main
+    torch.save({'w': torch.ones(2)}, tmp_path / 'a.pt')
+    assert main(['convert', str(tmp_path / 'a.pt'), str(tmp_path / 'a.safetensors')]) == 0
+    assert (tmp_path / 'a.safetensors').exists()
+    assert main(['convert', str(tmp_path / 'missing.pt'), str(tmp_path / 'b.safetensors')]) == 1
+
+
+def test_sample_command_imports_only_what_it_needs(tmp_path):
+    "A one-picture `paella_nb sample` on the shipped model imports neither transformers nor torch._dynamo."
+    import subprocess, sys
+    from paella_nb.sampling import available_models
+    if 'shapes-small' not in available_models(): pytest.skip('shapes-small is not shipped in this copy')
+    code = ("import sys; from paella_nb.cli import main; main(['sample', 'a red circle', '--out', %r, '--seed', '0']); "
+            "print(sorted(m for m in ('transformers', 'torch._dynamo', 'matplotlib', 'open_clip', 'datasets', "
+            "'sentence_transformers') if m in sys.modules))" % str(tmp_path / 'x.png'))
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert run.stdout.strip().splitlines()[-1] == '[]', run.stdout + run.stderr
+    assert 'Loading weights' not in run.stderr and (tmp_path / 'x.png').exists()

@@ -258,3 +258,45 @@ def test_tokens_decode_outside_no_grad(parts):
     tokens = sample(unet, x, (2, 8, 8), u, seed=0, steps=2)
     assert any(p.requires_grad for p in vq.parameters())
     assert vq.decode_indices(tokens).shape == (2, 3, 32, 32)
+
+
+# ---- the fast path: condition computed once, guidance batched -------------------------------------------------------
+@pytest.mark.parametrize('kw', [dict(seed=1), dict(seed=2, steps=5, cfg=(6.0, 1.0)), dict(seed=3, cfg=1.0),
+                                dict(seed=7, attn_weights=torch.full((3,), 1.5)), dict(seed=4, cfg=(1.0, 3.0))])
+def test_cached_path_same_tokens_as_plain_forward(parts, kw):
+    "`sample` (condition cached, guidance batched) draws the same tokens as `sample(cache=False)` (plain forward)."
+    unet, _, cond = parts
+    x, u = cond(['a red circle', 'a blue square']), cond.unconditional(2)
+    fast, i1 = sample(unet, x, (2, 8, 8), u, return_intermediates=True, **kw)
+    slow, i2 = sample(unet, x, (2, 8, 8), u, return_intermediates=True, cache=False, **kw)
+    assert torch.equal(fast, slow) and torch.equal(i1['preds'], i2['preds'])
+
+
+def test_frozen_tokens_also_without_cache(parts):
+    unet, _, cond = parts
+    x, u = cond(['a red circle', 'a blue square']), cond.unconditional(2)
+    frozen = json.loads(FROZEN.read_text())
+    assert sample(unet, x, (2, 8, 8), u, seed=1, cache=False).flatten().tolist() == frozen['default']['tokens']
+
+
+def test_cached_logits_match_plain(parts):
+    "One guided call of the wrapper gives the plain forward's logits within 1e-5 relative, for both halves."
+    unet, _, cond = parts
+    x, u = cond(['a red circle', 'a blue square']), cond.unconditional(2)
+    call, ci, ui = S.CachedModel.wrap(unet, x, u, [3.0])
+    tok, t = torch.randint(0, K, (2, 8, 8)), torch.full((2,), 0.6)
+    with torch.no_grad():
+        a, b = call(tok, t, **ci), call(tok, t, **ui)
+        pa, pb = unet(tok, t, **x), unet(tok, t, **u)
+    for got, want in ((a, pa), (b, pb)):
+        assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+def test_shipped_model_cached_same_tokens():
+    "The shipped small model: 8 prompts, 12 guided steps, the same tokens with and without the cache."
+    if 'shapes-small' not in S.available_models(): pytest.skip('shapes-small is not shipped in this copy')
+    pipe = PaellaPipeline.from_pretrained('shapes-small')
+    prompts = ['a large red circle in the center', 'a small blue square at the top left', 'a green triangle', ''] * 2
+    fast = pipe(prompts, seed=0, return_tokens=True)
+    slow = pipe(prompts, seed=0, return_tokens=True, cache=False)
+    assert torch.equal(fast, slow)

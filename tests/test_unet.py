@@ -285,3 +285,43 @@ def test_validation_can_be_skipped_and_compiles(tiny):
         tiny.validate_inputs = True
     compiled = torch.compile(tiny, backend='eager', fullgraph=True)   # checks are traceable without graph breaks
     torch.testing.assert_close(compiled(**inp), base)
+
+
+# ---- the sampler's fast path: Paella.condition + forward_cached ----------------------------------------------------
+def test_forward_cached_matches_forward(tiny):
+    """One group through the cache is bit-identical to `forward`; two groups of different lengths in one batch agree
+    with `forward` on each group within 1e-5 relative, also with re-weighting and without CLIP parts."""
+    inp = inputs()
+    c_in = {k: inp[k] for k in ('byt5', 'clip', 'clip_image')}
+    u_in = dict(byt5=torch.randn(2, 3, PAELLA_TINY.byt5_embd))
+    w = blog_attn_weights(6)
+    cache = tiny.condition(c_in | dict(attn_weights=w), u_in)
+    assert cache.sizes == [2, 2]
+    alone = tiny.forward_cached(inp['x'], inp['r'], cache.group(0))
+    assert torch.equal(alone, tiny(inp['x'], inp['r'], **c_in, attn_weights=w))
+    both = tiny.forward_cached(torch.cat([inp['x']] * 2), torch.cat([inp['r']] * 2), cache)
+    plain = torch.cat([tiny(inp['x'], inp['r'], **c_in, attn_weights=w), tiny(inp['x'], inp['r'], **u_in)])
+    assert ((both - plain).abs().max() / plain.abs().max()).item() < 1e-5
+    assert torch.equal(both.argmax(1), plain.argmax(1))
+
+
+def test_forward_cached_bad_input(tiny):
+    inp = inputs()
+    cache = tiny.condition(dict(byt5=inp['byt5']))
+    with pytest.raises(ValueError, match='condition cache holds groups'):
+        tiny.forward_cached(inp['x'][:1], inp['r'][:1], cache)
+    with pytest.raises(ValueError, match='token ids must lie'):
+        tiny.forward_cached(inp['x'] + 10_000, inp['r'], cache)
+    with pytest.raises(ValueError, match='does not match byt5_embd'):
+        tiny.condition(dict(byt5=torch.randn(2, 6, 7)))
+    with pytest.raises(ValueError, match='each group of Paella.condition'):
+        tiny.condition(dict(byt5=inp['byt5'], mask=None))
+
+
+def test_load_does_not_import_dynamo(tmp_path):
+    "Building on the meta device skips `normal_`, whose meta version imports torch._dynamo (a second at start-up)."
+    import subprocess, sys
+    save_paella(Paella(**asdict(PAELLA_TINY)), tmp_path / 'u.safetensors')
+    code = (f"import sys; from paella_nb.unet import load_paella; load_paella({str(tmp_path / 'u.safetensors')!r}); "
+            "print('torch._dynamo' in sys.modules)")
+    assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout.strip() == 'False'
