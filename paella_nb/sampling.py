@@ -4,12 +4,11 @@
 
 # %% ../nbs/07_sampling.ipynb #1db3d168
 from __future__ import annotations
-import contextlib, json, operator, os
+import contextlib, operator, os
 from pathlib import Path
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from .noising import add_noise, sampling_timesteps
 
