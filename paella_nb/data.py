@@ -15,10 +15,11 @@ from PIL import Image, ImageDraw
 
 # %% auto #0
 __all__ = ['TEMP_PREFIX', 'TEMP_PATTERN', 'COLORS', 'SHAPES', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT_PAIRS',
-           'SPLITS', 'NOTO_FONT', 'course_root', 'data_path', 'cache_dir', 'is_temp_name', 'atomic_write', 'atomic_dir',
-           'remove_stale_temps', 'write_json', 'read_json', 'check_keys', 'run_slow', 'progress', 'to_tensor', 'to_pil',
-           'show_images', 'image_grid', 'draw_shape', 'render_scene', 'single_caption', 'pair_caption', 'shapes_sample',
-           'shapes_dataset', 'emoji_split', 'emoji_dataset', 'images_tensor', 'TorchView']
+           'SPLITS', 'JITTER', 'NOTO_FONT', 'course_root', 'data_path', 'cache_dir', 'is_temp_name', 'atomic_write',
+           'atomic_dir', 'remove_stale_temps', 'write_json', 'read_json', 'check_keys', 'run_slow', 'progress',
+           'to_tensor', 'to_pil', 'show_images', 'image_grid', 'draw_shape', 'render_scene', 'jitter_object',
+           'single_caption', 'pair_caption', 'shapes_sample', 'shapes_dataset', 'emoji_split', 'emoji_dataset',
+           'images_tensor', 'TorchView']
 
 # %% ../nbs/01_data.ipynb #65d6b87e
 import paella_nb
@@ -227,6 +228,8 @@ POSITION_PHRASES = {'top left': 'at the top left', 'top': 'at the top', 'top rig
 HELD_OUT_PAIRS = (('purple', 'triangle'), ('orange', 'circle'), ('green', 'square'))   # only in `test_compositional`
 SPLITS = ('train', 'test', 'test_compositional')
 
+JITTER = dict(position=0.03, size=0.10, shade=16)  # ± centre shift (canvas fraction), ± relative size, ± per RGB channel
+
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, color, center, diameter: float):
     "Draw one filled shape on a PIL `draw`, in pixel units of that canvas."
     (cx, cy), r = center, diameter/2
@@ -237,13 +240,29 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, color, center, diameter: f
     else: raise ValueError(f"Unknown shape {shape!r}; choose one of {SHAPES}.")
 
 def render_scene(objects, size: int = 32, supersample: int = 4) -> Image.Image:
-    "Render `objects` (dicts with color, shape, size, position) on white at `size`×`size`, anti-aliased."
+    """Render `objects` (dicts with color, shape, size, position; optionally a drawing's `dx`, `dy`, `scale`, `rgb`
+    from `jitter_object`) on white at `size`×`size`, anti-aliased."""
     S = size*supersample
     im = Image.new('RGB', (S, S), 'white'); d = ImageDraw.Draw(im)
     for o in objects:
         x, y = POSITIONS[o['position']]
-        draw_shape(d, o['shape'], COLORS[o['color']], (x*S, y*S), SIZES[o['size']]*S)
+        x, y = x + o.get('dx', 0.0), y + o.get('dy', 0.0)
+        color = tuple(o.get('rgb', COLORS[o['color']]))
+        draw_shape(d, o['shape'], color, (x*S, y*S), SIZES[o['size']]*o.get('scale', 1.0)*S)
     return im.resize((size, size), Image.Resampling.BOX)
+
+def jitter_object(o: dict, rng, jitter: dict = JITTER, away: tuple = (0, 0)) -> dict:
+    """`o` with one drawing's variation added (`dx`, `dy`, `scale`, `rgb`), drawn from `rng` within `jitter`. The
+    centre stays in its cell and never goes further off the canvas than the cell's centre; `away` (-1, 0 or +1 per
+    axis) allows only moves in that direction on that axis (two objects in a row never move towards each other)."""
+    scale = 1 + rng.uniform(-1, 1) * jitter['size']
+    r = SIZES[o['size']] * scale / 2
+    shift = []
+    for c, a in zip(POSITIONS[o['position']], away):
+        lo, hi = -jitter['position'] * (a <= 0), jitter['position'] * (a >= 0)          # one-sided when `away` says so
+        shift.append(float(np.clip(c + rng.uniform(lo, hi), min(c, r), max(c, 1 - r)) - c))
+    rgb = np.clip(np.array(COLORS[o['color']]) + rng.integers(-jitter['shade'], jitter['shade'] + 1, 3), 0, 255)
+    return {**o, 'dx': shift[0], 'dy': shift[1], 'scale': float(scale), 'rgb': tuple(int(v) for v in rgb)}
 
 def single_caption(o) -> str:
     return f"a {o['size']} {o['color']} {o['shape']} {POSITION_PHRASES[o['position']]}"
@@ -272,15 +291,20 @@ def _random_pair(rng, split):
         held = _is_held_out(a) or _is_held_out(b)
         if held == (split == 'test_compositional'): return a, b, rel
 
-def shapes_sample(index: int, size: int = 32, seed: int = 0, split: str = 'train', two_object_frac: float = 0.0) -> dict:
-    "One shapes sample (image, caption and attributes), a pure function of its arguments."
+def shapes_sample(index: int, size: int = 32, seed: int = 0, split: str = 'train', two_object_frac: float = 0.0,
+                  jitter: bool = True) -> dict:
+    """One shapes sample (image, caption and attributes), a pure function of its arguments. `jitter=False` draws
+    every caption its one canonical way (the variation is drawn after the caption, so captions do not change)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    draw = (lambda o, away=(0, 0): jitter_object(o, rng, away=away)) if jitter else (lambda o, away=None: o)
     if rng.random() < two_object_frac:
         a, b, rel = _random_pair(rng, split)
-        return dict(image=render_scene([a, b], size), caption=pair_caption(a, b, rel), n_objects=2, relation=rel,
+        apart = (-1, 0) if rel == 'left of' else (0, -1)                  # a moves left (up) or stays, b right (down)
+        image = render_scene([draw(a, apart), draw(b, tuple(-v for v in apart))], size)
+        return dict(image=image, caption=pair_caption(a, b, rel), n_objects=2, relation=rel,
                     **{k: a[k] for k in a}, **{k+'2': b[k] for k in b})
     o = _random_object(rng, split)
-    return dict(image=render_scene([o], size), caption=single_caption(o), n_objects=1, relation='',
+    return dict(image=render_scene([draw(o)], size), caption=single_caption(o), n_objects=1, relation='',
                 **o, color2='', shape2='', size2='', position2='')
 
 # %% ../nbs/01_data.ipynb #423b8cd7
@@ -326,22 +350,23 @@ def _cache_problem(folder: Path) -> str | None:
         if _sha256(folder/name) != digest: return f"its file {name} does not match its checksum (edited or corrupted)"
     return None
 
-_SHAPES_VERSION = 1    # bump when the drawing code changes, so stale caches are not reused
+_SHAPES_VERSION = 2    # bump when the drawing code changes, so stale caches are not reused
 
 def shapes_dataset(n: int, size: int = 32, seed: int = 0, split: str = 'train', two_object_frac: float = 0.0,
-                   cache: bool = True):
+                   jitter: bool = True, cache: bool = True):
     """`n` shapes images with captions and attribute columns, as a `datasets.Dataset`.
 
     `split` is 'train', 'test' (held-out seeds) or 'test_compositional' (colour–shape pairs never in train).
-    `two_object_frac` is the fraction of two-object scenes ("a blue square left of a yellow triangle")."""
+    `two_object_frac` is the fraction of two-object scenes ("a blue square left of a yellow triangle").
+    `jitter`: each image a varied drawing of its caption (`JITTER`); False: one canonical drawing per caption."""
     import datasets
     if not isinstance(n, int) or n <= 0: raise ValueError(f"n={n!r}: ask for a positive number of images, e.g. n=1000.")
     _check_size(size)
     if split not in SPLITS: raise ValueError(f"Unknown split {split!r}; choose one of {SPLITS}.")
     if not 0 <= two_object_frac <= 1: raise ValueError(f"two_object_frac={two_object_frac} must be between 0 and 1.")
-    params = dict(n=n, size=size, seed=seed, split=split, two=two_object_frac, v=_SHAPES_VERSION)
+    params = dict(n=n, size=size, seed=seed, split=split, two=two_object_frac, jitter=bool(jitter), v=_SHAPES_VERSION)
     def build():
-        rows = [shapes_sample(i, size, seed, split, two_object_frac) for i in range(n)]
+        rows = [shapes_sample(i, size, seed, split, two_object_frac, jitter) for i in range(n)]
         cols = {k: [r[k] for r in rows] for k in rows[0]}
         feats = datasets.Features({k: datasets.Image() if k == 'image' else
                                    datasets.Value('int32') if k == 'n_objects' else datasets.Value('string') for k in cols})

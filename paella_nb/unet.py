@@ -32,7 +32,7 @@ def _norm(c): return LayerNorm2d(c, elementwise_affine=False, eps=1e-6)
 # %% ../nbs/05_unet.ipynb #72fe79ba
 class GlobalResponseNorm(nn.Module):
     "ConvNeXt-V2 GRN on channels-last input `[B, H, W, C]`: `gamma * (x * Nx) + beta + x`."
-    fast_norm = False  # True (opt-in): sqrt(sum of squares), many times faster than torch.norm on CPU, not bit-identical
+    fast_norm = False  # True: sqrt(sum of squares), many times faster than torch.norm on CPU; the sampler's cached path
 
     def __init__(self, dim):
         super().__init__()
@@ -40,7 +40,7 @@ class GlobalResponseNorm(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x):
-        if self.fast_norm: gx = x.square().sum((1, 2), keepdim=True).sqrt()   # opt-in: the same norm, other rounding
+        if self.fast_norm: gx = x.square().sum((1, 2), keepdim=True).sqrt()   # the same norm, other rounding
         else: gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)               # [B, 1, 1, C] L2 norm over H, W
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)          # [B, 1, 1, C] relative to the channel mean
         return self.gamma * (x * nx) + self.beta + x
@@ -411,8 +411,11 @@ def _forward_cached(self, x, r, cache: ConditionCache):
     r = _check_cached(self, x, r, cache)                             # [B] floats
     r_embed = self.gen_r_embedding(r)                                # [B, c_r]
     x = self.embedding(self.in_mapper(x).permute(0, 3, 1, 2))        # [B, c_hidden[0], H/p, W/p]
-    level_outputs = self._down_encode(x, r_embed, cache)             # AttnBlocks read the cache
-    return self.out_mapper(self.clf(self._up_decode(level_outputs, r_embed, cache)))   # [B, num_labels, H, W]
+    was, GlobalResponseNorm.fast_norm = GlobalResponseNorm.fast_norm, True   # GRN's norm the fast way (above)
+    try:
+        level_outputs = self._down_encode(x, r_embed, cache)         # AttnBlocks read the cache
+        return self.out_mapper(self.clf(self._up_decode(level_outputs, r_embed, cache)))   # [B, num_labels, H, W]
+    finally: GlobalResponseNorm.fast_norm = was
 
 Paella.condition, Paella.forward_cached = _condition, _forward_cached
 

@@ -503,13 +503,13 @@ def plot_code_usage(model: VQModel, images: torch.Tensor, ax=None, label: str | 
 SMALL_VQGAN_CONFIG = dict(levels=2, bottleneck_blocks=2, c_hidden=128, c_latent=8, codebook_size=1024)
 SMALL_VQGAN_QUANTIZER = dict(ema=True, ema_decay=0.95, restart_after=50)   # the fixes; dict(ema=False) = original
 
-def vqgan_course_data(n_shapes: int = 4000, n_test_shapes: int = 500, size: int = 32) -> tuple[dict, dict]:
-    "Training and held-out images of the course tokenizer: two dicts {'shapes': [N,3,H,W], 'emoji': [M,3,H,W]}."
+def vqgan_course_data(n_shapes: int = 4000, n_test_shapes: int = 500, size: int = 32, jitter: bool = False) -> tuple[dict, dict]:
+    """Training and held-out images of the course tokenizer: two dicts {'shapes': [N,3,H,W], 'emoji': [M,3,H,W]}.
+    `jitter=False`: one canonical drawing per shapes caption, as the shipped tokenizer was trained (chapter 01)."""
     from paella_nb.data import shapes_dataset, emoji_dataset, images_tensor
-    train = dict(shapes=images_tensor(shapes_dataset(n_shapes, size=size, split='train', two_object_frac=0.3)),
-                 emoji=images_tensor(emoji_dataset(size=size, split='train')))
-    held_out = dict(shapes=images_tensor(shapes_dataset(n_test_shapes, size=size, split='test', two_object_frac=0.3)),
-                    emoji=images_tensor(emoji_dataset(size=size, split='test')))
+    shapes = lambda n, split: images_tensor(shapes_dataset(n, size=size, split=split, two_object_frac=0.3, jitter=jitter))
+    train = dict(shapes=shapes(n_shapes, 'train'), emoji=images_tensor(emoji_dataset(size=size, split='train')))
+    held_out = dict(shapes=shapes(n_test_shapes, 'test'), emoji=images_tensor(emoji_dataset(size=size, split='test')))
     return train, held_out
 
 def mix_equally(parts: dict) -> torch.Tensor:

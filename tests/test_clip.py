@@ -17,7 +17,7 @@ def clip():
 
 @pytest.fixture(scope='module')
 def held_out():
-    ds = shapes_dataset(64, split='test')
+    ds = shapes_dataset(64, split='test', jitter=False)             # drawn as the small CLIP saw them in training
     return images_tensor(ds), list(ds['caption'])
 
 
@@ -156,3 +156,112 @@ def test_truncated_weights_name_the_file(tmp_path):
     p = save_small_clip(build_clip(TINY_CLIP).eval(), TINY_CLIP, tmp_path / 'cut.safetensors')
     p.write_bytes(p.read_bytes()[:200])
     with pytest.raises(ValueError, match='cut.safetensors'): load_small_clip(p)
+
+
+# ---- the emoji judge: conv towers against frozen MiniLM sentence vectors ----
+import dataclasses, json
+import numpy as np
+from paella_nb.clip import (emoji_judge, emoji_judge_info, load_emoji_judge, save_emoji_judge, train_emoji_judge,
+                            EmojiJudge, JudgeConfig, JudgeTrainConfig, TINY_JUDGE, TINY_JUDGE_TRAIN)
+
+
+@pytest.fixture(scope='module')
+def judge():
+    return emoji_judge()
+
+
+@pytest.fixture(scope='module')
+def few_emoji():
+    return emoji_dataset(split='train').select(range(0, 1720, 7))          # 246 emoji: fast tiny runs
+
+
+@pytest.fixture(scope='module')
+def tiny_judge(few_emoji):
+    cfg = dataclasses.replace(TINY_JUDGE, towers=2)                        # two towers: the averaging path too
+    j, hist = train_emoji_judge(cfg, dataclasses.replace(TINY_JUDGE_TRAIN, steps=3), data=few_emoji, log_every=0)
+    return j, cfg
+
+
+def test_shipped_judge_is_small_and_recorded(judge):
+    w, c = data_path('emoji_judge.safetensors'), data_path('emoji_judge.json')
+    assert w.exists() and c.exists() and w.stat().st_size < 6e6, "keep the shipped judge a few MB"
+    rec = emoji_judge_info()['record']
+    assert rec['train_seconds'] > 0 and rec['threads'] >= 1 and rec['steps'] > 0 and 'eval' in rec
+    assert emoji_judge() is judge and isinstance(judge, EmojiJudge)        # cached
+
+
+def test_judge_interface(judge):
+    ds = emoji_dataset(split='test')
+    x, caps = images_tensor(ds.select(range(6))), list(ds['caption'])
+    ie, te = judge.encode_image(x), judge.encode_text(caps[:4] + [''])
+    assert ie.shape == (6, judge.embed_dim) and te.shape == (5, judge.embed_dim) and judge.image_size == 32
+    assert torch.allclose(ie.norm(dim=-1), torch.ones(6), atol=1e-4) and torch.allclose(te.norm(dim=-1), torch.ones(5), atol=1e-4)
+    assert judge.encode_text('goat').shape == (1, judge.embed_dim)         # a single string works
+    assert torch.allclose(judge.encode_image(to_pil(x)), ie, atol=1e-2)     # PIL input gives the same embedding
+    assert judge.similarity(x, caps[:3]).shape == (6, 3)
+    with pytest.raises(ValueError, match='32×32'): judge.encode_image(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match='empty'): judge.encode_text([])
+
+
+def test_judge_sees_unseen_names(judge):
+    "The shipped judge on real held-out emoji: clearly above the small CLIP's 0.29, and shuffled captions at chance."
+    ds = emoji_dataset(split='test')
+    x, caps = images_tensor(ds), list(ds['caption'])
+    real = clip_r_precision(x, caps, n=32, clip=judge)
+    shuffled = clip_r_precision(x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))], caps, clip=judge)
+    assert real >= 0.4 and shuffled < 0.1, (real, shuffled)
+
+
+def test_tiny_judge_training_lowers_the_loss(few_emoji):
+    _, hist = train_emoji_judge(TINY_JUDGE, TINY_JUDGE_TRAIN, data=few_emoji, log_every=0)
+    assert np.mean(hist['loss'][-5:]) < np.mean(hist['loss'][:5]) - 0.3
+    assert hist['seconds'] > 0 and len(hist['loss']) == TINY_JUDGE_TRAIN.steps
+
+
+def test_judge_save_load_roundtrip(tmp_path, tiny_judge):
+    j, cfg = tiny_judge
+    p = save_emoji_judge(j, cfg, tmp_path / 'j.safetensors', TINY_JUDGE_TRAIN, record={'note': 'test'})
+    assert sorted(f.name for f in tmp_path.iterdir()) == ['j.json', 'j.safetensors']   # no temp files left
+    again = load_emoji_judge(p)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.encode_image(x), j.encode_image(x))
+    info = emoji_judge_info(p)
+    assert info['record'] == {'note': 'test'} and info['config'] == dataclasses.asdict(cfg)
+    with pytest.raises(FileNotFoundError, match='save_emoji_judge'): load_emoji_judge(tmp_path / 'nope.safetensors')
+
+
+def _saved(tmp_path, tiny_judge, name):
+    j, cfg = tiny_judge
+    return save_emoji_judge(j, cfg, tmp_path / f'{name}.safetensors', TINY_JUDGE_TRAIN)
+
+
+def test_judge_weights_that_do_not_fit(tmp_path, tiny_judge):
+    from paella_nb.vqgan import save_weights, read_state_dict
+    p = _saved(tmp_path, tiny_judge, 'keys')
+    sd, _ = read_state_dict(p)
+    sd['towers.0.extra'] = torch.zeros(2); del sd['logit_scale']
+    save_weights(p, sd)
+    with pytest.raises(ValueError, match='keys.safetensors') as e: load_emoji_judge(p)
+    assert 'logit_scale' in str(e.value) and 'towers.0.extra' in str(e.value)
+    p = _saved(tmp_path, tiny_judge, 'cut')
+    p.write_bytes(p.read_bytes()[:300])                                    # a truncated download
+    with pytest.raises(ValueError, match='cut.safetensors'): load_emoji_judge(p)
+
+
+@pytest.mark.parametrize('change, msg', [
+    (lambda d: d.update(pretrained='evil.pt'), "'pretrained' is not allowed"),          # unknown top-level key
+    (lambda d: d['config'].update(text_model='evil/model'), "'text_model' is not allowed"),   # unknown config key
+    (lambda d: d['train'].update(loader='pickle'), "'loader' is not allowed"),           # unknown train key
+    (lambda d: d['config'].update(width=8.5), "must be int"),                            # not a whole number
+    (lambda d: d['config'].update(towers=True), "must be int"),                          # a bool is no int here
+    (lambda d: d['config'].pop('width'), 'every JudgeConfig field'),
+    (lambda d: d['config'].update(towers=0), 'positive whole number'),
+])
+def test_judge_json_is_read_as_data(tmp_path, tiny_judge, change, msg):
+    p = _saved(tmp_path, tiny_judge, 'bad')
+    d = json.loads(p.with_suffix('.json').read_text()); change(d)
+    p.with_suffix('.json').write_text(json.dumps(d))
+    with pytest.raises(ValueError, match='bad.json') as e: load_emoji_judge(p)
+    assert msg in str(e.value)
+    p.with_suffix('.json').write_text('{not json')
+    with pytest.raises(ValueError, match='not valid JSON'): load_emoji_judge(p)

@@ -4,7 +4,7 @@ import torch
 import numpy as np
 import pytest
 from paella_nb.data import (shapes_dataset, emoji_dataset, shapes_sample, to_tensor, to_pil, images_tensor,
-                            HELD_OUT_PAIRS, COLORS, data_path, cache_dir)
+                            HELD_OUT_PAIRS, COLORS, SIZES, JITTER, jitter_object, data_path, cache_dir)
 
 
 def test_shapes_deterministic_and_cached(tmp_path, monkeypatch):
@@ -28,15 +28,34 @@ def test_splits_hold_out_pairs():
     assert not set(zip(te['color'], te['shape'])) & set(HELD_OUT_PAIRS)
 
 
-def test_caption_matches_pixels():
-    s = shapes_sample(7, size=32)
-    im = np.asarray(s['image'])
+@pytest.mark.parametrize('jitter', [False, True])
+def test_caption_matches_pixels(jitter):
+    "The canonical drawing has the exact palette colour at the shape's centre; a varied one is within the shade jitter."
+    s = shapes_sample(7, size=32, jitter=jitter)
+    im = np.asarray(s['image']).astype(int)
     x, y = {'left': 0.2, 'center': 0.5, 'right': 0.8}, {'top': 0.2, 'center': 0.5, 'bottom': 0.8}
     pos = s['position'].split()
     cx = x.get(pos[-1], 0.5) if pos[-1] in x else 0.5
     cy = y.get(pos[0], 0.5) if pos[0] in y else 0.5
-    assert tuple(im[int(cy*32), int(cx*32)]) == COLORS[s['color']]
+    got, want = im[int(cy*32), int(cx*32)], np.array(COLORS[s['color']])
+    assert np.abs(got - want).max() <= (JITTER['shade'] if jitter else 0)
     assert s['caption'].startswith(f"a {s['size']} {s['color']} {s['shape']}")
+
+
+def test_jitter_keeps_captions_true():
+    "Varied drawings: same captions as the canonical ones, different pixels, size classes apart, pairs never overlap."
+    a, b = shapes_dataset(300, two_object_frac=0.3, cache=False), shapes_dataset(300, two_object_frac=0.3, jitter=False, cache=False)
+    assert list(a['caption']) == list(b['caption'])
+    xa, xb = images_tensor(a), images_tensor(b)
+    assert (xa - xb).abs().flatten(1).max(1).values.gt(0).float().mean() > 0.9       # nearly every image differs
+    rng = np.random.default_rng(0)
+    o = dict(color='purple', shape='square', size='large', position='top left')
+    drawn = [jitter_object(o, rng) for _ in range(500)]
+    assert min(d['scale'] for d in drawn) * SIZES['large'] > max(SIZES['small'] * (1 + JITTER['size']), 0)
+    assert all(abs(d['dx']) <= JITTER['position'] + 1e-9 and abs(d['dy']) <= JITTER['position'] + 1e-9 for d in drawn)
+    pair = [jitter_object(dict(o, size='small', position='left'), rng, away=(-1, 0)) for _ in range(200)]
+    assert all(d['dx'] <= 0 for d in pair)                                          # a 'left of' object never moves right
+    assert shapes_sample(5, jitter=True)['image'].tobytes() == shapes_sample(5, jitter=True)['image'].tobytes()
 
 
 @pytest.mark.parametrize('kw,msg', [(dict(n=0), 'positive'), (dict(n=10, size=12), 'multiple of 8'),

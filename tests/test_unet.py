@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from paella_nb.unet import (Paella, PaellaConfig, PAELLA_V3, PAELLA_TINY, AttnBlock, load_paella, save_paella,
-                            blog_attn_weights)
+                            blog_attn_weights, GlobalResponseNorm)
 from paella_nb.vqgan import check_state_dict
 
 DATA = Path(__file__).resolve().parent.parent / 'data'
@@ -289,16 +289,17 @@ def test_validation_can_be_skipped_and_compiles(tiny):
 
 # ---- the sampler's fast path: Paella.condition + forward_cached ----------------------------------------------------
 def test_forward_cached_matches_forward(tiny):
-    """One group through the cache is bit-identical to `forward`; two groups of different lengths in one batch agree
-    with `forward` on each group within 1e-5 relative, also with re-weighting and without CLIP parts."""
+    """One group through the cache, and two groups of different lengths in one batch, agree with `forward` on each
+    group within 1e-5 relative (GRN's norm is rounded otherwise), also with re-weighting and without CLIP parts."""
     inp = inputs()
     c_in = {k: inp[k] for k in ('byt5', 'clip', 'clip_image')}
     u_in = dict(byt5=torch.randn(2, 3, PAELLA_TINY.byt5_embd))
     w = blog_attn_weights(6)
     cache = tiny.condition(c_in | dict(attn_weights=w), u_in)
     assert cache.sizes == [2, 2]
-    alone = tiny.forward_cached(inp['x'], inp['r'], cache.group(0))
-    assert torch.equal(alone, tiny(inp['x'], inp['r'], **c_in, attn_weights=w))
+    alone, want = tiny.forward_cached(inp['x'], inp['r'], cache.group(0)), tiny(inp['x'], inp['r'], **c_in, attn_weights=w)
+    assert ((alone - want).abs().max() / want.abs().max()).item() < 1e-5 and torch.equal(alone.argmax(1), want.argmax(1))
+    assert not GlobalResponseNorm.fast_norm                          # the switch is put back after the call
     both = tiny.forward_cached(torch.cat([inp['x']] * 2), torch.cat([inp['r']] * 2), cache)
     plain = torch.cat([tiny(inp['x'], inp['r'], **c_in, attn_weights=w), tiny(inp['x'], inp['r'], **u_in)])
     assert ((both - plain).abs().max() / plain.abs().max()).item() < 1e-5
