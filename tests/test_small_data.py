@@ -11,7 +11,8 @@ import torch
 from paella_nb.data import shapes_dataset, images_tensor, render_scene, to_tensor
 from paella_nb.small_data import (IndexedRows, RecipeConfig, TINY_UNET, SHIPPED, judge_shapes, judge_pairs, read_shape,
                                   read_objects, caption_inputs, make_conditioner, train_recipe, ship, recipe_card,
-                                  folder_mb, generate, eval_shapes, cached_tokens, encode_images)
+                                  folder_mb, generate, eval_shapes, cached_tokens, encode_images, eval_diversity,
+                                  step_readings)
 from paella_nb.sampling import PaellaPipeline, available_models
 from paella_nb.training import TrainConfig
 
@@ -169,6 +170,25 @@ def test_shapes_small_follows_the_text():
     pipe = PaellaPipeline.from_pretrained('shapes-small')
     acc = eval_shapes(pipe, 'test', n=24, seed=5)
     assert acc['all'] >= 0.8, acc
+
+
+def test_diversity_measures_variety():
+    "The shipped model draws different pictures of one caption; a model that always draws the same one scores 0."
+    pipe = PaellaPipeline.from_pretrained('shapes-small')
+    d = eval_diversity(pipe, n=3, k=4)
+    assert d['real'] > 0.03 and 0.2 < d['ratio'] < 2, d
+    class Stuck:                                                        # every row the same picture
+        config, vqgan = pipe.config, pipe.vqgan
+        def __call__(self, prompts, seed=0, return_tokens=True, **kw):
+            return pipe(prompts[:1], seed=0, return_tokens=True).expand(len(prompts), -1, -1)
+    assert eval_diversity(Stuck(), n=3, k=4)['ratio'] == 0
+
+
+def test_step_readings_one_reading_per_step_and_prompt():
+    pipe = PaellaPipeline.from_pretrained('shapes-small')
+    r = step_readings(pipe, ['a large red circle at the top left', 'a small blue square in the center'], seed=0, steps=4)
+    assert len(r) == 4 and all(len(step) == 2 for step in r)
+    assert (r[-1][0]['color'], r[-1][1]['color']) == ('red', 'blue')
 
 
 def test_bad_input():
