@@ -23,26 +23,24 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from paella_nb import small_data as R
-    from paella_nb.data import shapes_dataset
+    from paella_nb.data import shapes_dataset, images_tensor
     from paella_nb.vqgan import small_vqgan
     from paella_nb.training import train
     new = R.SHAPES_SMALL
     old = replace(new, two_object_frac=0.3, sampling=dict(steps=12, cfg=1.5, temperature=[0.7, 0.3]))
     vq = small_vqgan()
-    setups = {}
-    for name, rc, jitter in (('shipped recipe (70% pairs, varied drawings)', new, True),
-                             ('before (30% pairs, one drawing per caption)', old, False)):
-        R_images = R.recipe_images
-        if not jitter:                                          # the old data: canonical drawings
-            def canonical(rc, _orig=R_images):
-                ds = shapes_dataset(rc.n_images, split='train', two_object_frac=rc.two_object_frac, seed=rc.train.seed,
-                                    jitter=False)
-                from paella_nb.data import images_tensor
-                return images_tensor(ds), list(ds['caption']), ds, f'shapes-{rc.n_images}-{rc.two_object_frac}-canonical'
-            R.recipe_images = canonical
-        cond = R.make_conditioner(rc)
-        data, _ = R.recipe_data(rc, vq, cond)
-        R.recipe_images = R_images
+    def canonical_images(rc):                                   # the old data: one canonical drawing per caption
+        ds = shapes_dataset(rc.n_images, split='train', two_object_frac=rc.two_object_frac, seed=rc.train.seed,
+                            jitter=False)
+        return images_tensor(ds), list(ds['caption']), ds, f'shapes-{rc.n_images}-{rc.two_object_frac}-canonical'
+    setups, recipe_images = {}, R.recipe_images
+    for name, rc, images in (('shipped recipe (70% pairs, varied drawings)', new, recipe_images),
+                             ('before (30% pairs, one drawing per caption)', old, canonical_images)):
+        R.recipe_images = images                                # recipe_data reads the images through this
+        try:
+            cond = R.make_conditioner(rc)
+            data, _ = R.recipe_data(rc, vq, cond)
+        finally: R.recipe_images = recipe_images
         setups[name] = (rc, data, cond)
     times = {n: [] for n in setups}
     for _ in range(a.repeat):

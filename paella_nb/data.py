@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw
 __all__ = ['TEMP_PREFIX', 'TEMP_PATTERN', 'COLORS', 'SHAPES', 'SIZES', 'POSITIONS', 'POSITION_PHRASES', 'HELD_OUT_PAIRS',
            'SPLITS', 'JITTER', 'NOTO_FONT', 'course_root', 'data_path', 'cache_dir', 'is_temp_name', 'atomic_write',
            'atomic_dir', 'remove_stale_temps', 'write_json', 'read_json', 'check_keys', 'run_slow', 'progress',
-           'to_tensor', 'to_pil', 'show_images', 'image_grid', 'draw_shape', 'render_scene', 'jitter_object',
-           'single_caption', 'pair_caption', 'shapes_sample', 'shapes_dataset', 'emoji_split', 'emoji_dataset',
-           'images_tensor', 'TorchView']
+           'to_tensor', 'to_pil', 'show_images', 'image_grid', 'draw_shape', 'render_scene', 'shift_object',
+           'jitter_object', 'single_caption', 'pair_caption', 'shapes_sample', 'shapes_dataset', 'emoji_split',
+           'emoji_dataset', 'images_tensor', 'TorchView']
 
 # %% ../nbs/01_data.ipynb #65d6b87e
 import paella_nb
@@ -251,18 +251,21 @@ def render_scene(objects, size: int = 32, supersample: int = 4) -> Image.Image:
         draw_shape(d, o['shape'], color, (x*S, y*S), SIZES[o['size']]*o.get('scale', 1.0)*S)
     return im.resize((size, size), Image.Resampling.BOX)
 
-def jitter_object(o: dict, rng, jitter: dict = JITTER, away: tuple = (0, 0)) -> dict:
-    """`o` with one drawing's variation added (`dx`, `dy`, `scale`, `rgb`), drawn from `rng` within `jitter`. The
-    centre stays in its cell and never goes further off the canvas than the cell's centre; `away` (-1, 0 or +1 per
-    axis) allows only moves in that direction on that axis (two objects in a row never move towards each other)."""
-    scale = 1 + rng.uniform(-1, 1) * jitter['size']
+def shift_object(o: dict, dx: float, dy: float, scale: float = 1.0) -> dict:
+    "`o` drawn `scale` times its size with its centre moved by (`dx`, `dy`), never further off the canvas than the cell's centre."
     r = SIZES[o['size']] * scale / 2
-    shift = []
-    for c, a in zip(POSITIONS[o['position']], away):
-        lo, hi = -jitter['position'] * (a <= 0), jitter['position'] * (a >= 0)          # one-sided when `away` says so
-        shift.append(float(np.clip(c + rng.uniform(lo, hi), min(c, r), max(c, 1 - r)) - c))
+    dx, dy = (float(np.clip(c + d, min(c, r), max(c, 1 - r)) - c) for c, d in zip(POSITIONS[o['position']], (dx, dy)))
+    return {**o, 'dx': dx, 'dy': dy, 'scale': float(scale)}
+
+def jitter_object(o: dict, rng, jitter: dict = JITTER, away: tuple = (0, 0)) -> dict:
+    """`o` with one drawing's variation added (`dx`, `dy`, `scale`, `rgb`), drawn from `rng` within `jitter` (the centre
+    stays in its cell, see `shift_object`). `away` (-1, 0 or +1 per axis) allows only moves in that direction on that
+    axis (two objects in a row never move towards each other)."""
+    scale = 1 + rng.uniform(-1, 1) * jitter['size']
+    j = jitter['position']
+    dx, dy = (rng.uniform(-j * (a <= 0), j * (a >= 0)) for a in away)                 # one-sided when `away` says so
     rgb = np.clip(np.array(COLORS[o['color']]) + rng.integers(-jitter['shade'], jitter['shade'] + 1, 3), 0, 255)
-    return {**o, 'dx': shift[0], 'dy': shift[1], 'scale': float(scale), 'rgb': tuple(int(v) for v in rgb)}
+    return {**shift_object(o, dx, dy, scale), 'rgb': tuple(int(v) for v in rgb)}
 
 def single_caption(o) -> str:
     return f"a {o['size']} {o['color']} {o['shape']} {POSITION_PHRASES[o['position']]}"

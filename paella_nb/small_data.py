@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_small_data.ipynb #3b391a1a
 from __future__ import annotations
-import hashlib, json, time, warnings
+import hashlib, itertools, json, time, warnings
 from dataclasses import dataclass, field, asdict
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import (COLORS, SHAPES, SIZES, POSITIONS, JITTER, render_scene, jitter_object, shapes_dataset,
+from .data import (COLORS, SHAPES, SIZES, POSITIONS, JITTER, render_scene, jitter_object, shift_object, shapes_dataset,
                             emoji_dataset, images_tensor, to_tensor, cache_dir, write_json, progress)
 from .vqgan import save_weights, read_state_dict
 from .training import TokenData, TrainConfig, TrainResult, train
@@ -46,19 +46,12 @@ def shape_templates(size: int = 32, steps: int = 5):
     (shape, size, position) labels."""
     shifts, scales = np.linspace(-1, 1, steps) * JITTER['position'], (1 - JITTER['size'], 1, 1 + JITTER['size'])
     maps, labels = [], []
-    for sh in SHAPES:
-        for sz in SIZES:
-            for pos in POSITIONS:
-                for s in scales:
-                    r = SIZES[sz] * s / 2
-                    for dx in shifts:
-                        for dy in shifts:
-                            (cx, cy), d = POSITIONS[pos], (dx, dy)                   # clipped as jitter_object clips
-                            dx, dy = (float(np.clip(c + o, min(c, r), max(c, 1 - r)) - c) for c, o in zip((cx, cy), d))
-                            o = dict(color='red', shape=sh, size=sz, position=pos, dx=dx, dy=dy, scale=s)
-                            ink = 1 - torch.from_numpy(np.asarray(render_scene([o], size), dtype=np.float32)) / 255
-                            maps.append(_ink_fit(ink)[0][..., _COLOR_NAMES.index('red')])
-                labels.append((sh, sz, pos))
+    for sh, sz, pos in itertools.product(SHAPES, SIZES, POSITIONS):
+        o = dict(color='red', shape=sh, size=sz, position=pos)
+        for s, dx, dy in itertools.product(scales, shifts, shifts):                # shifted as chapter 01 shifts
+            ink = 1 - torch.from_numpy(np.asarray(render_scene([shift_object(o, dx, dy, s)], size), dtype=np.float32)) / 255
+            maps.append(_ink_fit(ink)[0][..., _COLOR_NAMES.index('red')])
+        labels.append((sh, sz, pos))
     return torch.stack(maps).view(len(labels), -1, size, size), labels          # [54, 3·steps², H, W]
 
 def read_shape(image: torch.Tensor, min_ink: float = 0.25) -> dict:
