@@ -133,6 +133,12 @@ def _param_groups(model, weight_decay):
     other = [p for n, p in model.named_parameters() if no_decay(n, p)]
     return [dict(params=decay, weight_decay=weight_decay), dict(params=other, weight_decay=0.0)]
 
+def _warmup_cosine(opt, steps: int, warmup: float):
+    "The learning-rate schedule: linear warm-up over a `warmup` fraction of `steps`, then cosine decay to 0."
+    warm = max(1, int(warmup * steps))
+    lr_at = lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, steps - warm)))))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
 def _clip_batch(X, caps, shapes_idx, emoji_idx, n_emoji: int, tcfg, rng, gen):
     "One training batch: shapes as they are, then `n_emoji` augmented emoji whose captions may lose a word."
     si = rng.choice(shapes_idx, tcfg.batch_size - n_emoji, replace=len(shapes_idx) < tcfg.batch_size - n_emoji)
@@ -161,9 +167,7 @@ def train_small_clip(cfg: ClipConfig = ClipConfig(), tcfg: ClipTrainConfig = Cli
         used = torch.zeros(VOCAB_SIZE, dtype=torch.bool); used[tokenizer(sorted(set(caps))).unique()] = True
         model.token_embedding.weight[~used.to(device)] = 0
     opt = torch.optim.AdamW(_param_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    warm = max(1, int(tcfg.warmup * tcfg.steps))
-    lr_at = lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, tcfg.steps - warm)))))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = _warmup_cosine(opt, tcfg.steps, tcfg.warmup)
     n_emoji = min(len(emoji_idx), round(tcfg.batch_size * tcfg.emoji_frac)) if len(emoji_idx) else 0
     hist, t0, c0 = dict(loss=[], scale=[]), time.time(), time.process_time()
     bar = progress(range(tcfg.steps), desc='training the small CLIP', disable=not log_every)
@@ -420,13 +424,10 @@ def train_emoji_judge(cfg: JudgeConfig = JudgeConfig(), tcfg: JudgeTrainConfig =
         torch.manual_seed(tcfg.seed + k); rng = np.random.default_rng(tcfg.seed + k)
         gen = torch.Generator().manual_seed(tcfg.seed + k)
         judge.model.towers[k] = ConvTower(cfg.width, cfg.embed_dim).to(device)   # seeded initialisation
-        params = list(judge.model.towers[k].parameters())
-        opt = torch.optim.AdamW([dict(params=[p for p in params if p.ndim > 1], weight_decay=tcfg.weight_decay),
-                                 dict(params=[p for p in params if p.ndim <= 1] + [judge.model.logit_scale], weight_decay=0.0)],
-                                lr=tcfg.lr, betas=(0.9, 0.98), eps=1e-6)
-        warm = max(1, int(tcfg.warmup * tcfg.steps))
-        lr_at = lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warm) / max(1, tcfg.steps - warm)))))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        groups = _param_groups(judge.model.towers[k], tcfg.weight_decay)      # as the small CLIP's, plus the scale
+        groups[1]['params'].append(judge.model.logit_scale)                   # the temperature: no decay
+        opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(0.9, 0.98), eps=1e-6)
+        sched = _warmup_cosine(opt, tcfg.steps, tcfg.warmup)
         for step in range(tcfg.steps):
             idx = torch.from_numpy(rng.choice(len(X), min(tcfg.batch_size, len(X)), replace=False))   # [B]
             img = judge.model.image_features(augment_emoji(X[idx], tcfg.jitter, gen).to(device), towers=[k])   # [B, D]
