@@ -19,7 +19,7 @@ from .vqgan import save_weights, read_state_dict
 from .training import TokenData, TrainConfig, TrainResult, train
 from .conditioning import Conditioner, MiniLMEncoder, ByT5Encoder, ClipEncoder, pad_stack
 from .unet import Paella
-from .sampling import PaellaPipeline, models_dir, sample
+from .sampling import PaellaPipeline, models_dir
 
 # %% auto #0
 __all__ = ['ATTRIBUTES', 'SMALL_UNET', 'TINY_UNET', 'SHIPPED', 'SHAPES_SMALL', 'EMOJI_SMALL', 'RECIPES', 'shape_templates',
@@ -369,11 +369,7 @@ def eval_pairs(pipe: PaellaPipeline, split: str = 'test', n: int = 300, seed: in
 def step_readings(pipe: PaellaPipeline, prompts, seed: int = 0, **kw) -> list[list[dict]]:
     """The judge's reading of each step's draw (every token predicted at once, decoded) for each single-object
     prompt: `[steps][N]` dicts of `read_shape`. Shows *when* the sampler decides the colour and the shape."""
-    c = {**pipe.config, **kw}
-    inputs, uncond = pipe.conditioner(list(prompts)), pipe.conditioner.unconditional(len(prompts))
-    _, inter = sample(pipe.unet, inputs, (len(prompts), *c['latent_size']), uncond, steps=c['steps'], cfg=c['cfg'],
-                      temperature=tuple(c['temperature']), renoise_steps=c['renoise_steps'], seed=seed,
-                      return_intermediates=True)
+    _, inter = pipe(list(prompts), seed=seed, return_tokens=True, return_intermediates=True, **kw)   # the pipeline's settings
     return [[read_shape(x) for x in pipe.vqgan.decode_indices(p).float().clamp(0, 1)] for p in inter['preds']]
 
 def _mean_pairwise(x: torch.Tensor) -> float:
