@@ -1,4 +1,4 @@
-"""Time the released Paella v3 training step on one GPU (chapter 12, `paella_nb.cost_model`).
+"""Time the released Paella v3 training step on one GPU (chapter 13, `paella_nb.cost_model`).
 
     python bench/full_scale_gpu.py                      # micro-batches 8, 16, 32; plain, then activation checkpointing
     python bench/full_scale_gpu.py --micro 16 --compile # one size, torch.compile'd
@@ -70,7 +70,7 @@ def main(argv=None):
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA GPU: this benchmark needs one (use --smoke to check the script on a CPU; the cost model "
-                     "of chapter 12 runs anywhere).")
+                     "of chapter 13 runs anywhere).")
         dev, cfg, latent, micro = torch.device('cuda'), asdict(PAELLA_V3), 64, a.micro or [8, 16, 32]
         torch.backends.cuda.matmul.allow_tf32 = True; torch.backends.cudnn.allow_tf32 = True
     name = torch.cuda.get_device_name() if dev.type == 'cuda' else 'CPU (smoke test)'

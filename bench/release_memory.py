@@ -1,4 +1,4 @@
-"""Peak memory and load time of the released Paella v3 stack's parts at full size (chapter 13).
+"""Peak memory and load time of the released Paella v3 stack's parts at full size (chapter 14).
 
 Writes fake checkpoints with the released key names and shapes (values are whatever memory held: only loading is
 measured) into a temporary folder, in the released formats (`torch.save` of plain state dicts; the ByT5 folder as

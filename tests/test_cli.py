@@ -90,7 +90,7 @@ def test_grade_parses_and_reports(tmp_path, capsys):
 
 
 def test_convert(tmp_path):
-    "`paella_nb convert SRC DST` (chapter 13's `convert`): a .pt state dict becomes safetensors; a missing file is exit 1."
+    "`paella_nb convert SRC DST` (chapter 14's `convert`): a .pt state dict becomes safetensors; a missing file is exit 1."
     import torch
     from paella_nb.cli import main
     torch.save({'w': torch.ones(2)}, tmp_path / 'a.pt')

@@ -1,4 +1,4 @@
-"""Chapter 12 (paella_nb.cost_model): FLOPs and memory counted on the meta device; the GPU bench script runs."""
+"""Chapter 13 (paella_nb.cost_model): FLOPs and memory counted on the meta device; the GPU bench script runs."""
 import importlib.util
 from pathlib import Path
 

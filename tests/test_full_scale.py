@@ -1,4 +1,4 @@
-"""Chapter 11 (paella_nb.full_scale): the full-scale trainer on a 2-core CPU with the gloo backend.
+"""Chapter 12 (paella_nb.full_scale): the full-scale trainer on a 2-core CPU with the gloo backend.
 
 What is checked (tiny config, shards built from the shapes data):
 - 2 processes (DDP, gloo) follow the 1-process run at the same global batch: losses within 1e-4 relative,

@@ -1,6 +1,6 @@
 """The classroom grader: honest submissions get their marks; attacks get none and leave no trace outside their sandbox.
 
-The checkers decide in the grader, on answers the sandbox recorded as data (chapter 14's `_Recorder`/`_Replayer`);
+The checkers decide in the grader, on answers the sandbox recorded as data (chapter 15's `_Recorder`/`_Replayer`);
 the first test shows that this channel gives every checker the same verdict and feedback as calling it directly."""
 import json, os, random, time, warnings
 from pathlib import Path

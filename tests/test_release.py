@@ -1,4 +1,4 @@
-"""Tests for paella_nb.release (chapter 13): the released stack from local files. Checkpoints are written here in the
+"""Tests for paella_nb.release (chapter 14): the released stack from local files. Checkpoints are written here in the
 released formats (`torch.save` of plain state dicts with the released key names) at tiny sizes."""
 import json, os, pickle, zipfile
 from dataclasses import asdict

@@ -1,4 +1,4 @@
-"""Chapter 10 (paella_nb.shards): tar shards read in lanes.
+"""Chapter 11 (paella_nb.shards): tar shards read in lanes.
 
 - the data order is a function of the config, not of the number of processes or DataLoader workers;
 - a stream restarted from saved lane states continues where it stopped;

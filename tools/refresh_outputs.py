@@ -50,7 +50,7 @@ WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
 WIDGET_NOTE = '[an interactive widget: run the cell in Jupyter to use it]'
 
 def default_notebooks() -> list[Path]:
-    "The solutions (chapter 16 grades one: it reads it as saved), then every chapter in course order, then the index."
+    "The solutions (chapter 17 grades one: it reads it as saved), then every chapter in course order, then the index."
     return sorted((NBS / 'solutions').glob('*.ipynb')) + sorted(NBS.glob('[0-9][0-9]_*.ipynb')) + [NBS / 'index.ipynb']
 
 def _rel(p: Path) -> str:
