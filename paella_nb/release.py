@@ -15,110 +15,15 @@ import torch.nn.functional as F
 from .unet import Paella, PAELLA_V3, PAELLA_TINY, r_embedding, load_paella, blog_attn_weights   # chapter 05
 from .vqgan import read_state_dict, save_weights, load_weights, VQModel, config_from_state_dict   # chapter 02
 from .sampling import sample                                                  # chapter 07: the one sampler
+from .editing import (PriorConfig, PRIOR_V1, PRIOR_SMALL, PriorModel, alpha_cumprod, diffuse, prior_loss,
+                               prior_step, sample_prior, prior_config_from_state_dict)   # chapter 10: the prior
 
 # %% auto #0
-__all__ = ['PRIOR_V1', 'PRIOR_SMALL', 'NEGATIVE_PROMPT', 'RELEASE_SETTINGS', 'TINY_OPEN_CLIP', 'TINY_PRIOR', 'PriorConfig',
-           'PriorModel', 'alpha_cumprod', 'diffuse', 'prior_loss', 'prior_step', 'sample_prior',
-           'prior_config_from_state_dict', 'load_prior', 'choose_dtype', 'read_part', 'weights_bytes', 'load_byt5',
-           'load_vqgan_f4', 'load_clip', 'ReleasePipeline', 'meta_part', 'tiny_release', 'convert']
-
-# %% ../nbs/14_release.ipynb #d041dd2b
-@dataclass
-class PriorConfig:
-    "Constructor arguments of `PriorModel` and its defaults (the released `prior_v1.pt`): `PriorModel(**asdict(cfg))`."
-    clip_r: int = 1024      # CLIP embedding width, in and out (ViT-H-14: 1024)
-    c_hidden: int = 1280    # width of the residual stream
-    c_r: int = 64           # width of the sinusoidal noise-level embedding (chapter 05's r_embedding)
-    num_blocks: int = 48    # residual MLP blocks
-
-PRIOR_V1 = PriorConfig()                                         # prior_v1.pt: 899,770,624 parameters
-PRIOR_SMALL = PriorConfig(clip_r=64, c_hidden=256, num_blocks=6)  # for chapter 08's small CLIP (64-d embeddings)
-_P = PriorConfig()
-
-class PriorModel(nn.Module):
-    """The v3 prior (`arroz.PriorModel`): predicts the Gaussian noise in a noised CLIP *image* embedding `x`, given
-    the noise level `r` and the CLIP *text* embedding `c`. Residual MLP blocks, each reading `[x ; c ; r_emb]`."""
-    def __init__(self, clip_r=_P.clip_r, c_hidden=_P.c_hidden, c_r=_P.c_r, num_blocks=_P.num_blocks):
-        super().__init__()
-        self.config = dict(clip_r=clip_r, c_hidden=c_hidden, c_r=c_r, num_blocks=num_blocks)
-        self.c_r, self.clip_r = c_r, clip_r
-        def block():
-            return nn.Sequential(nn.Linear(clip_r + c_hidden + c_r, c_hidden * 4, bias=False), nn.LayerNorm(c_hidden * 4),
-                                 nn.GELU(), nn.Linear(c_hidden * 4, c_hidden, bias=False), nn.LayerNorm(c_hidden))
-        self.blocks = nn.ModuleList([nn.Linear(clip_r, c_hidden), *[block() for _ in range(num_blocks)],
-                                     nn.Linear(c_hidden, clip_r)])
-        for b in self.blocks[1:-1]: b[0].weight.data *= math.sqrt(1 / num_blocks)   # the original init
-
-    def forward(self, x, r, c):
-        "Noise `[B, clip_r]` predicted for noised embeddings `x` `[B, clip_r]` at levels `r` `[B]`, text embeddings `c`."
-        _check_prior_inputs(self, x, r, c)
-        dtype = self.blocks[0].weight.dtype                            # the inputs follow the weights (fp32 or bf16)
-        r_embed, c = r_embedding(r, self.c_r).to(dtype), c.to(dtype)   # [B, c_r], [B, clip_r]
-        x = self.blocks[0](x.to(dtype))                                # [B, c_hidden]
-        for block in self.blocks[1:-1]:
-            x = x + block(torch.cat([x, c, r_embed], dim=1))           # [B, clip_r + c_hidden + c_r] -> [B, c_hidden]
-        return self.blocks[-1](x)                                      # [B, clip_r]
-
-# %% ../nbs/14_release.ipynb #0740c1de
-def alpha_cumprod(t, s: float = 0.008):
-    "ᾱ(t) of the cosine schedule for noise levels `t` in [0, 1] (1 = pure noise), clamped to [1e-4, 0.9999] as the release does."
-    f = lambda t: torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-    return (f(t) / f(torch.zeros_like(t))).clamp(1e-4, 0.9999)
-
-def diffuse(x0, t, noise):
-    "Embeddings `x0` `[B, D]` noised to levels `t` `[B]`: `sqrt(ᾱ)·x0 + sqrt(1-ᾱ)·noise`."
-    a = alpha_cumprod(t)[:, None]                                      # [B, 1]
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-def prior_loss(prior, clip_image, clip_text, p_uncond: float = 0.1, generator=None):
-    """The prior's training loss: MSE between the noise added at a random level and the noise predicted. The text
-    embedding is zeroed for a fraction `p_uncond` of the batch, so sampling can guide against `zeros` (CFG)."""
-    B, dev = clip_image.shape[0], clip_image.device
-    t = torch.rand(B, generator=generator, device=dev)                                  # [B] noise levels
-    noise = torch.randn(clip_image.shape, generator=generator, device=dev)              # [B, D]
-    keep = (torch.rand(B, 1, generator=generator, device=dev) >= p_uncond).to(clip_text)   # [B, 1]
-    return F.mse_loss(prior(diffuse(clip_image, t, noise), t, clip_text * keep), noise)
-
-# %% ../nbs/14_release.ipynb #e08188c2
-def prior_step(x, eps, t, t_next, sampler: str = 'ddpm', generator=None):
-    "One reverse step from level `t` to `t_next` (`[B]` each) given the predicted noise `eps`: DDPM (random) or DDIM."
-    a, a_next = alpha_cumprod(t)[:, None], alpha_cumprod(t_next)[:, None]        # [B, 1]
-    if sampler == 'ddim':
-        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()                                # the clean embedding it implies
-        return a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-    alpha = a / a_next                                                            # this step's ᾱ ratio
-    mean = (x - (1 - alpha) / (1 - a).sqrt() * eps) / alpha.sqrt()
-    std = ((1 - alpha) * (1 - a_next) / (1 - a)).sqrt()
-    z = torch.randn(x.shape, generator=generator, device=x.device)
-    return mean + std * z * (t_next > 0)[:, None]                                 # no noise on the last step
-
-@torch.no_grad()
-def sample_prior(prior, clip_text, steps: int = 60, cfg: float = 3.0, sampler: str = 'ddpm', seed=None):
-    """CLIP image embeddings `[B, clip_r]` for CLIP text embeddings `clip_text` `[B, clip_r]`, as the release samples
-    them (`Diffuzz.sample`: `steps` levels from just below 1 to 0, guidance `lerp(uncond, cond, cfg)` against a
-    zeroed text embedding). `seed`: an int or a `torch.Generator`, for reproducible draws."""
-    _check_prior_sampling(prior, clip_text, steps, cfg, sampler)
-    dev = clip_text.device
-    g = seed if isinstance(seed, torch.Generator) else torch.Generator(dev).manual_seed(
-        int(torch.randint(2**62, ())) if seed is None else int(seed))
-    B, D = clip_text.shape
-    ts = torch.linspace(1, 0, steps + 2, device=dev)[1:]                          # [steps + 1]: as released, t = 1 is skipped
-    x = torch.randn(B, D, generator=g, device=dev)                                # [B, D] pure noise
-    for i in range(steps):                                                        # x stays float32
-        t, t_next = ts[i].expand(B), ts[i + 1].expand(B)
-        eps = prior(x, t, clip_text).float()                                      # [B, D] predicted noise
-        if cfg != 1: eps = torch.lerp(prior(x, t, torch.zeros_like(clip_text)).float(), eps, cfg)
-        x = prior_step(x, eps, t, t_next, sampler, g)
-    return x
+__all__ = ['NEGATIVE_PROMPT', 'RELEASE_SETTINGS', 'TINY_OPEN_CLIP', 'TINY_PRIOR', 'load_prior', 'choose_dtype', 'read_part',
+           'weights_bytes', 'load_byt5', 'load_vqgan_f4', 'load_clip', 'ReleasePipeline', 'meta_part', 'tiny_release',
+           'convert']
 
 # %% ../nbs/14_release.ipynb #86079587
-def prior_config_from_state_dict(sd) -> dict:
-    "The `PriorModel` arguments that produce the shapes in `sd`."
-    c_hidden, clip_r = sd['blocks.0.weight'].shape
-    n = sum(1 for k in sd if k.startswith('blocks.') and k.endswith('.0.weight')) - 1   # minus blocks.0
-    return dict(clip_r=int(clip_r), c_hidden=int(c_hidden), c_r=int(sd['blocks.1.0.weight'].shape[1] - clip_r - c_hidden),
-                num_blocks=n)
-
 def load_prior(path, dtype=None, device='cpu', **config) -> PriorModel:
     "A `PriorModel` built on the meta device and strict-loaded from `path` (memory-mapped, cast tensor by tensor)."
     sd = read_part(path, 'prior', dtype, device)
@@ -428,18 +333,3 @@ def _check_call(pipe, prompts, seed, settings: dict) -> tuple[list, dict]:
         raise ValueError(f"prior_steps must be an int >= 1 and prior_cfg a finite number, got {s['prior_steps']!r}, "
                          f"{s['prior_cfg']!r}.")
     return prompts, s
-
-def _check_prior_inputs(prior, x, r, c):
-    D = prior.clip_r
-    for name, v in (('x', x), ('c', c)):
-        if v.dim() != 2 or v.shape[1] != D:
-            raise ValueError(f"{name} must be CLIP embeddings [B, {D}] for this prior, got {list(v.shape)}.")
-    if not (r.dim() == 1 and r.shape[0] == x.shape[0] == c.shape[0]):
-        raise ValueError(f"x, r and c need one row each per batch element; got {list(x.shape)}, {list(r.shape)}, {list(c.shape)}.")
-
-def _check_prior_sampling(prior, clip_text, steps, cfg, sampler):
-    if sampler not in ('ddpm', 'ddim'): raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}.")
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be an int >= 1, got {steps!r}.")
-    if not math.isfinite(cfg): raise ValueError(f"cfg must be a finite number (1 = no guidance), got {cfg!r}.")
-    if clip_text.dim() != 2 or clip_text.shape[1] != prior.clip_r:
-        raise ValueError(f"clip_text must be CLIP text embeddings [B, {prior.clip_r}], got {list(clip_text.shape)}.")

@@ -129,6 +129,7 @@ class PaellaPipeline:
         unknown = set(defaults) - set(DEFAULTS)
         if unknown: raise TypeError(f"unknown pipeline settings {sorted(unknown)}; known: {sorted(DEFAULTS)}.")
         self.unet, self.vqgan, self.conditioner = unet.eval(), vqgan.eval(), conditioner.eval()
+        self.prior = None    # text → image embedding, `(clip [B, Dc], seed) -> [B, Dc]`: chapter 10 attaches one
         h, w = (latent_size, latent_size) if isinstance(latent_size, int) else tuple(latent_size)
         self.config = dict(latent_size=[int(h), int(w)], **{**DEFAULTS, **defaults})
         if self.conditioner.byt5_embd != unet.byt5_embd:
@@ -149,12 +150,24 @@ class PaellaPipeline:
         return f"PaellaPipeline(unet={n/1e6:.2f}M params, {self.config})"
 
     @torch.no_grad()
+    def condition(self, prompts, images=None, use_prior: bool = False, seed: int | None = None) -> dict:
+        """The U-Net's inputs for `prompts`: the conditioner's token states and CLIP text embedding; with `images`
+        (one per prompt) also their CLIP image embedding; with `use_prior` the image embedding the attached prior
+        draws from the text embedding instead (as v3 samples: prior → `clip_image` → U-Net)."""
+        _check_images_or_prior(self, images, use_prior)
+        inputs = self.conditioner(prompts, images)                                # byt5 [B, L, D], clip [B, Dc] | None
+        if use_prior: inputs['clip_image'] = self.prior(inputs['clip'], seed=seed)   # [B, Dc]
+        return inputs
+
+    @torch.no_grad()
     def __call__(self, prompts, steps: int | None = None, cfg=None, temperature=None, seed: int | None = None,
                  n: int = 1, negative_prompt: str | None = None, renoise_steps: int | None = None,
-                 latent_size=None, return_tokens: bool = False, **sample_kw):
+                 latent_size=None, return_tokens: bool = False, images=None, use_prior: bool = False,
+                 inputs: dict | None = None, **sample_kw):
         """Generate `n` images per prompt; returns a list of PIL images (prompt-major), or the tokens `[B, h, w]`
-        with `return_tokens`. Unset settings come from `self.config`; `sample_kw` go to `sample`."""
-        from paella_nb.data import to_pil
+        with `return_tokens`. Unset settings come from `self.config`; `sample_kw` go to `sample`. `images` (one per
+        prompt) and `use_prior` go to `condition`; `inputs` replaces it (U-Net inputs made by hand, one row per image)."""
+        from paella_nb.data import to_pil, to_tensor
         prompts = _check_prompts(prompts, n)
         c = self.config
         steps = c['steps'] if steps is None else steps
@@ -167,7 +180,10 @@ class PaellaPipeline:
         guided = _schedule(cfg, steps if isinstance(steps, int) and steps > 0 else 1, 'cfg').ne(1).any()
         negative = c['negative_prompt'] if negative_prompt is None else negative_prompt
         uncond = self.conditioner.unconditional(len(prompts), negative) if guided else None
-        tokens = sample(self.unet, self.conditioner(prompts), (len(prompts), h, w), uncond, steps=steps,
+        if images is not None:                                                    # n copies of each, like the prompts
+            images = (images if torch.is_tensor(images) else to_tensor(images)).repeat_interleave(n, 0)   # [B, 3, H, W]
+        if inputs is None: inputs = self.condition(prompts, images, use_prior, seed)
+        tokens = sample(self.unet, inputs, (len(prompts), h, w), uncond, steps=steps,
                         renoise_steps=renoise_steps, temperature=temperature, cfg=cfg, seed=seed, **sample_kw)
         return tokens if return_tokens else to_pil(self.vqgan.decode_indices(tokens).float())
 
@@ -351,6 +367,16 @@ def _check_prompts(prompts, n) -> list[str]:
         raise ValueError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}.")
     if not isinstance(n, int) or n < 1: raise ValueError(f"n (images per prompt) must be an int >= 1, got {n!r}.")
     return prompts
+
+def _check_images_or_prior(pipe, images, use_prior):
+    if (images is not None or use_prior) and pipe.conditioner.clip is None:
+        raise ValueError(f"{'use_prior' if use_prior else 'images'} needs a model conditioned on CLIP embeddings, and this "
+                         "pipeline's conditioner has no CLIP; use a pipeline trained with CLIP (chapter 10's 'shapes-clip').")
+    if use_prior and images is not None:
+        raise ValueError("give images (their CLIP embeddings condition the U-Net) or use_prior=True (the prior draws one "
+                         "from the text), not both.")
+    if use_prior and pipe.prior is None:
+        raise ValueError("use_prior=True but this pipeline has no prior: attach one with paella_nb.editing.with_prior(pipe).")
 
 def _check_device(device) -> torch.device:
     "A device that can hold the model: a clear error for a typo, for 'meta' and for a GPU this machine lacks."

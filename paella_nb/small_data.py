@@ -176,7 +176,7 @@ def small_clip_encoder() -> ClipEncoder:
     from paella_nb.data import data_path
     sc = small_clip()
     return ClipEncoder(sc.model, sc.tokenizer, json.loads(data_path('small_clip.json').read_text()),
-                       source=dict(name='small_clip'))
+                       source=None)   # its weights travel with a saved pipeline; not an open_clip name
 
 def _unique(captions):
     uniq, index = np.unique(np.asarray(list(captions), dtype=object), return_inverse=True)

@@ -16,7 +16,8 @@ from paella_nb.training import paella_loss, ema_update
 from paella_nb import unet
 from paella_nb.data import COLORS
 from paella_nb.small_data import read_shape
-from paella_nb.sampling import sampler_loop
+from paella_nb.sampling import sampler_loop, sample, PaellaPipeline
+from paella_nb import editing
 
 ROOT = Path(__file__).resolve().parent.parent
 SOL, STU = ROOT / 'nbs' / 'solutions', ROOT / 'nbs' / 'exercises'
@@ -71,7 +72,15 @@ COURSE = {   # the course's own implementations, adapted to the exercise signatu
     'sample_blog': lambda model, inputs, shape, uncond, steps=12, renoise_steps=None, temperature=(0.7, 0.3), cfg=3.0:
         sampler_loop(model, torch.randint(0, model.num_labels, shape), inputs, uncond, torch.linspace(1, 0, steps + 1),
                      torch.linspace(*temperature, steps), [cfg] * steps, renoise_steps=renoise_steps),   # chapter 07's loop
+    'token_mask': editing.token_mask,
+    'structural_edit': lambda *a, **k: _course_edit(*a, **k),                # chapter 10's edit, on a pipeline of the parts
 }
+
+def _course_edit(model, vqgan, conditioner, source, prompt, strength=0.5, seed=0, n=1, steps=8, cfg=3.0, temperature=(0.7, 0.3)):
+    pipe = PaellaPipeline(model, vqgan, conditioner, latent_size=8)
+    kw = dict(n=n, seed=seed, steps=steps, cfg=cfg, temperature=temperature, return_tokens=True)
+    if source.is_floating_point(): return editing.edit(pipe, source, prompt, strength, **kw)    # a picture
+    return pipe([prompt], init_tokens=source.expand(n, -1, -1), t_start=strength, **kw)      # tokens: what edit does after source_tokens
 
 def _grn(x, g, b):
     m = unet.GlobalResponseNorm(x.shape[-1])
@@ -149,6 +158,23 @@ def _sampler(renoise=True, fresh=False, guidance=True, temp_mul=False, argmax=Fa
                 x = add_noise(x, nxt.expand(B), K, random_x=None if fresh else start)[0]
         return x
     return f
+
+def _tm(mask, f=4, reduce='any'):
+    H, W = mask.shape
+    blocks = mask.bool().view(H // f, f, W // f, f)
+    return blocks.all(3).all(1) if reduce == 'all' else blocks.any(3).any(1)
+
+def _editor(t_start='s', init=True, expand=True, seed=True, global_seed=False, encode=True):
+    def f(model, vqgan, conditioner, source, prompt, strength=0.5, seed_=0, n=1, steps=8, cfg=3.0, temperature=(0.7, 0.3)):
+        tokens = vqgan.encode_indices(source[None]) if encode and source.is_floating_point() else source.reshape(-1, *source.shape[-2:])
+        kw = dict(init_tokens=tokens.expand(n, -1, -1) if expand else tokens) if init else {}
+        if t_start: kw['t_start'] = strength if t_start == 's' else 1 - strength
+        if global_seed: torch.manual_seed(seed_)
+        return sample(model, conditioner([prompt] * n), (n, *tokens.shape[1:]), conditioner.unconditional(n) if cfg != 1 else None,
+                      steps=steps, temperature=temperature, cfg=cfg, seed=seed_ if seed else None, **kw)
+    def structural_edit(model, vqgan, conditioner, source, prompt, strength=0.5, seed=0, n=1, steps=8, cfg=3.0, temperature=(0.7, 0.3)):
+        return f(model, vqgan, conditioner, source, prompt, strength, seed, n, steps, cfg, temperature)
+    return structural_edit
 
 def _held_out(eval_mode=True, private=True, restore=True, t_override=None):
     @torch.no_grad()
@@ -341,6 +367,22 @@ WRONG = [
     ('read_color', lambda im: _inked(im) and ['red', 'green', 'blue'][int(im[:, _ink_mask(im)].mean(1).argmax())], 'strongest channel'),
     ('read_color', lambda im: _inked(im) and _nearest_name(im[:, _ink_mask(im)].mean(1)), 'the colour most of the ink has'),
     ('read_color', lambda im: _inked(im) and _nearest_name(im[:, _ink_mask(im)].mean(1)).upper(), 'palette names'),
+    # 10
+    ('token_mask', lambda mask, factor=4: _tm(mask, factor, 'all'), 'any(), not all()'),
+    ('token_mask', lambda mask, factor=4: _tm(mask, factor).T, 'rows and columns are swapped'),
+    ('token_mask', lambda mask, factor=4: _tm(mask, factor).float(), 'return a bool tensor'),
+    ('token_mask', lambda mask, factor=4: _tm(mask, factor).long(), 'gives -1 and -2 on ints'),
+    ('token_mask', lambda mask, factor=4: _tm(mask, factor)[None], 'should have shape [H/f, W/f]'),
+    ('token_mask', lambda mask, factor=4: _tm(mask.T, factor), 'rows and columns are swapped'),
+    ('token_mask', lambda mask, factor=4: mask.reshape(mask.shape[0] // factor, mask.shape[1] // factor, factor, factor).any(-1).any(-1),
+     'masked pixels lie in tokens your mask keeps'),
+    ('structural_edit', _editor(t_start=None), 'does not depend on the source'),
+    ('structural_edit', _editor(t_start=None, init=False), 'does not depend on the source'),
+    ('structural_edit', _editor(t_start='1-s'), 't = 1 - strength'),
+    ('structural_edit', _editor(expand=False), 'tokens.expand(n, -1, -1)'),
+    ('structural_edit', _editor(seed=False), 'global random state instead of `seed`'),
+    ('structural_edit', _editor(seed=False, global_seed=True), 'global random state instead of `seed`'),
+    ('structural_edit', _editor(encode=False), 'tokenise a picture first'),
 ]
 
 @pytest.mark.parametrize('name,work,expected', WRONG, ids=[f'{n}-{i}' for i, (n, _, _) in enumerate(WRONG)])
