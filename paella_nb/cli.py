@@ -196,7 +196,8 @@ def _parse_box(s: str) -> tuple[int, int, int, int]:
 
 def _parse_grow(s: str) -> dict:
     "`--grow right=32,bottom=32` → `dict(right=32, bottom=32)` (pixels added per side)."
-    sides, grow = ('top', 'bottom', 'left', 'right'), {}
+    from paella_nb.editing import SIDES as sides
+    grow = {}
     for part in s.split(','):
         side, eq, px = (x.strip() for x in part.partition('='))
         if not eq or side not in sides or not px.isdigit() or side in grow:

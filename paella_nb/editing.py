@@ -25,11 +25,11 @@ from .small_data import read_shape, small_clip_encoder, SHAPES_SMALL
 
 # %% auto #0
 __all__ = ['SIDES', 'SHAPES_CLIP', 'KEEP', 'PHRASE', 'PRIOR_V1', 'PRIOR_SMALL', 'TINY_PRIOR_TRAIN', 'image_size', 'source_image',
-           'source_tokens', 'token_mask', 'box_mask', 'inpaint', 'object_box', 'other', 'outpaint', 'edit', 'slerp',
-           'mix_inputs', 'interpolate', 'variations', 'attention_weights', 'conflict_test', 'ink_iou', 'measure_edit',
-           'measure_inpaint', 'measure_outpaint', 'measure_interpolation', 'measure_variations', 'PriorConfig',
-           'PriorModel', 'prior_config_from_state_dict', 'alpha_cumprod', 'diffuse', 'prior_loss', 'prior_step',
-           'sample_prior', 'PriorTrainConfig', 'prior_training_data', 'train_prior', 'save_small_prior',
+           'source_tokens', 'token_mask', 'box_mask', 'inpaint', 'object_box', 'other', 'white_canvas', 'outpaint',
+           'edit', 'slerp', 'mix_inputs', 'interpolate', 'variations', 'attention_weights', 'conflict_test', 'ink_iou',
+           'measure_edit', 'measure_inpaint', 'measure_outpaint', 'measure_interpolation', 'measure_variations',
+           'PriorConfig', 'PriorModel', 'prior_config_from_state_dict', 'alpha_cumprod', 'diffuse', 'prior_loss',
+           'prior_step', 'sample_prior', 'PriorTrainConfig', 'prior_training_data', 'train_prior', 'save_small_prior',
            'load_small_prior', 'small_prior', 'small_prior_info', 'canonical_shapes', 'measure_prior', 'PriorSampler',
            'with_prior', 'measure_use_prior', 'measure_editing']
 
@@ -69,10 +69,12 @@ def inpaint(pipe: PaellaPipeline, image, mask, prompt: str, n: int = 1, seed: in
     keep = ~token_mask(mask, pipe.vqgan.downscale).to(src.device)              # [h, w], True = keep
     return pipe([prompt], n=n, seed=seed, init_tokens=src.expand(n, -1, -1), keep_mask=keep, **kw)
 
-# %% ../nbs/10_editing.ipynb #60707d01
+# %% ../nbs/10_editing.ipynb #b6942f9f
+def _ink(x: torch.Tensor, min_ink: float = 0.25) -> torch.Tensor: return (1 - x).amax(-3) > min_ink   # [..., H, W]
+
 def object_box(image: torch.Tensor, margin: int = 1, min_ink: float = 0.25) -> torch.Tensor:
     "A pixel mask of the box around the ink of a single-object picture `[3, H, W]`, `margin` pixels wider."
-    ys, xs = ((1 - image).amax(0) > min_ink).nonzero(as_tuple=True)
+    ys, xs = _ink(image, min_ink).nonzero(as_tuple=True)
     if len(ys) == 0: raise ValueError("the picture is blank: there is no object to put a box around.")
     return box_mask(tuple(image.shape[-2:]), int(ys.min()) - margin, int(xs.min()) - margin,
                     int(ys.max() - ys.min()) + 1 + 2 * margin, int(xs.max() - xs.min()) + 1 + 2 * margin)
@@ -81,16 +83,19 @@ def other(values, v, rng) -> str:
     "A random choice among `values` other than `v`."
     return str(rng.choice([x for x in values if x != v]))
 
-# %% ../nbs/10_editing.ipynb #b5b28a86
+# %% ../nbs/10_editing.ipynb #5e4d5315
 SIDES = ('top', 'bottom', 'left', 'right')
+
+def white_canvas(x: torch.Tensor, grow: dict) -> torch.Tensor:
+    "Pictures `[B, 3, H, W]` with `grow` white pixels added per side: `[B, 3, H', W']`."
+    return F.pad(x, tuple(grow.get(k, 0) for k in ('left', 'right', 'top', 'bottom')), value=1.0)
 
 def outpaint(pipe: PaellaPipeline, image, prompt: str, grow: dict | None = None, n: int = 1, seed: int = 0, **kw):
     "Extend `image` by `grow` pixels per side (`dict(right=32)`, the default); the source and a white seam are pinned."
     grow = _check_grow(pipe, dict(right=32) if grow is None else grow)
     x = source_image(pipe, image)                                               # [1, 3, H, W]
-    top, bottom, left, right = (grow.get(k, 0) for k in SIDES)
-    canvas = F.pad(x, (left, right, top, bottom), value=1.0)                   # [1, 3, H', W'], white around the source
-    tokens = pipe.vqgan.encode_indices(canvas)                                 # [1, h', w']
+    top, left = grow.get('top', 0), grow.get('left', 0)
+    tokens = pipe.vqgan.encode_indices(white_canvas(x, grow))                  # [1, h', w'], white around the source
     f = pipe.vqgan.downscale
     y0, y1, x0, x1 = top // f, (top + x.shape[2]) // f, left // f, (left + x.shape[3]) // f   # the source, in tokens
     keep = torch.zeros(tokens.shape[1:], dtype=torch.bool, device=tokens.device)   # [h', w'], True = pinned
@@ -138,11 +143,11 @@ def interpolate(pipe: PaellaPipeline, prompt_a: str, prompt_b: str, n: int = 8, 
 SHAPES_CLIP = replace(SHAPES_SMALL, use_clip=True,                          # + the small CLIP's text and image embeddings
                       train=replace(SHAPES_SMALL.train, dropout=CFGDropout(byt5=0.05, clip_text=0.9, clip_image=0.5)))
 
-# %% ../nbs/10_editing.ipynb #81aef3ad
+# %% ../nbs/10_editing.ipynb #199019fd
 def variations(pipe: PaellaPipeline, image, n: int = 4, seed: int = 0, prompt: str = '', cfg: float = 3.0, **kw):
     """`n` pictures like `image`: the U-Net conditioned on its CLIP image embedding (and `prompt`, empty by default).
     Guidance 3 (against no image) keeps the source's colour and shape most often (measured below)."""
-    return pipe([prompt], n=n, seed=seed, images=source_image(pipe, image).cpu(), cfg=cfg, **kw)
+    return pipe([prompt], n=n, seed=seed, images=_check_source(pipe, image), cfg=cfg, **kw)
 
 # %% ../nbs/10_editing.ipynb #6eb92c87
 def attention_weights(inputs: dict, image: float = 0.4, text: float = 1.2, clip_tokens: int = 4) -> torch.Tensor:
@@ -152,17 +157,16 @@ def attention_weights(inputs: dict, image: float = 0.4, text: float = 1.2, clip_
     n_image = clip_tokens if inputs.get('clip_image') is not None else 0
     return torch.cat([torch.full((n_text,), float(text)), torch.full((n_image,), float(image))])
 
-# %% ../nbs/10_editing.ipynb #6797da15
+# %% ../nbs/10_editing.ipynb #b2698676
 @torch.no_grad()
 def conflict_test(pipe: PaellaPipeline, image_weights=(1.0, 0.4, 0.1), n: int = 40, seed: int = 0) -> dict:
-    """Captions against image embeddings: each prompt gets the CLIP image embedding of a real picture of *another*
+    """Captions against image embeddings: each prompt gets the CLIP image embedding of a canonical drawing of *another*
     colour and shape. For each weight on the image tokens, the share of pictures whose colour and shape follow the text
     and the share that follow the image (chapter 09's judge)."""
     rng = np.random.default_rng(seed)
     ds = shapes_dataset(n, split='test', seed=seed + 7)
     rows = list(ds)
     decoys = [dict(r, color=other(list(COLORS), r['color'], rng), shape=other(SHAPES, r['shape'], rng)) for r in rows]
-    from paella_nb.data import render_scene
     decoy_images = to_tensor([render_scene([d], 32) for d in decoys])        # [n, 3, 32, 32] canonical drawings
     out = {}
     for wi in image_weights:
@@ -176,7 +180,7 @@ def conflict_test(pipe: PaellaPipeline, image_weights=(1.0, 0.4, 0.1), n: int = 
         out[wi] = dict(text=text / n, image=image / n)
     return out
 
-# %% ../nbs/10_editing.ipynb #d34edd32
+# %% ../nbs/10_editing.ipynb #9a6b3a5e
 def _held_out(n: int, seed: int, split: str = 'test'):
     ds = shapes_dataset(n, split=split, seed=seed + 1)
     return list(ds), images_tensor(ds)
@@ -184,8 +188,6 @@ def _held_out(n: int, seed: int, split: str = 'test'):
 def _read(images) -> list[dict]:
     x = images if torch.is_tensor(images) else to_tensor(images)
     return [read_shape(im) for im in x]
-
-def _ink(x: torch.Tensor, min_ink: float = 0.25) -> torch.Tensor: return (1 - x).amax(-3) > min_ink   # [..., H, W]
 
 def ink_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     "Overlap (IoU) of the inked pixels of two pictures `[3, H, W]`: 1 = the same silhouette."
@@ -250,8 +252,7 @@ def measure_outpaint(pipe, n: int = 100, seed: int = 0, sides=('right', 'left', 
             c2, s2, z2 = other(list(COLORS), r['color'], rng), str(rng.choice(SHAPES)), str(rng.choice(['small', 'large']))
             prompt = (f"a {r['color']} {r['shape']} left of a {c2} {s2}" if side == 'relation' else f"a {z2} {c2} {s2} {PHRASE[side]}")
             tokens = outpaint(pipe, X[i], prompt, grow={grow: 32}, seed=seed + i, return_tokens=True)   # [1, h, w]
-            canvas = F.pad(X[i:i + 1], {'right': (0, 32, 0, 0), 'left': (32, 0, 0, 0), 'bottom': (0, 0, 0, 32),
-                                        'top': (0, 0, 32, 0)}[grow], value=1.0).to(pipe.device)   # [1, 3, H', W']
+            canvas = white_canvas(X[i:i + 1], {grow: 32}).to(pipe.device)                 # [1, 3, H', W']
             pinned = pipe.vqgan.encode_indices(canvas)[0, at[0]:at[0] + 8, at[1]:at[1] + 8]   # the source's tokens there
             exact += bool(torch.equal(tokens[0, at[0]:at[0] + 8, at[1]:at[1] + 8], pinned))
             half = tokens[:, new[0]:new[0] + 8, new[1]:new[1] + 8].contiguous()        # [1, 8, 8]
@@ -293,7 +294,7 @@ def measure_variations(pipe, n: int = 100, k: int = 4, seed: int = 0, **kw) -> d
     return dict(same_color_shape=same / (n * k), rms_to_source=float(np.mean(to_source)),
                 rms_between=float(np.mean(between)), n=n, k=k)
 
-# %% ../nbs/10_editing.ipynb #036941d2
+# %% ../nbs/10_editing.ipynb #1fbc6dfd
 @dataclass
 class PriorConfig:
     "Constructor arguments of `PriorModel` and its defaults (the released `prior_v1.pt`): `PriorModel(**asdict(cfg))`."
@@ -304,12 +305,11 @@ class PriorConfig:
 
 PRIOR_V1 = PriorConfig()                                         # prior_v1.pt: 899,770,624 parameters
 PRIOR_SMALL = PriorConfig(clip_r=64, c_hidden=112, c_r=32, num_blocks=3)   # chapter 08's small CLIP (64-d): 0.45M params
-_P = PriorConfig()
 
 class PriorModel(nn.Module):
     """The v3 prior (`arroz.PriorModel`): predicts the Gaussian noise in a noised CLIP *image* embedding `x`, given
     the noise level `r` and the CLIP *text* embedding `c`. Residual MLP blocks, each reading `[x ; c ; r_emb]`."""
-    def __init__(self, clip_r=_P.clip_r, c_hidden=_P.c_hidden, c_r=_P.c_r, num_blocks=_P.num_blocks):
+    def __init__(self, clip_r=PRIOR_V1.clip_r, c_hidden=PRIOR_V1.c_hidden, c_r=PRIOR_V1.c_r, num_blocks=PRIOR_V1.num_blocks):
         super().__init__()
         self.config = dict(clip_r=clip_r, c_hidden=c_hidden, c_r=c_r, num_blocks=num_blocks)
         self.c_r, self.clip_r = c_r, clip_r
